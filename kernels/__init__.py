@@ -1,0 +1,1 @@
+"""Baton's op library: Triton kernels, their plain-torch references, and native scoring ops."""

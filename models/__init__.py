@@ -1,0 +1,1 @@
+"""Model definitions (Qwen3-VL), weight loading and input processing."""

@@ -44,7 +44,7 @@ def random_model(cfg: ModelConfig, ops, dtype, device, seed: int = 0, std: float
     model = build_empty(cfg, ops, dtype, device)
     gen = torch.Generator(device=device).manual_seed(seed)
     for name, p in model.named_parameters():
-        if name.endswith("norm.weight") or ".norm" in name and name.endswith("weight") and p.dim() == 1:
+        if p.dim() == 1 and name.endswith("weight"):  # every 1-D weight is a norm scale
             p.fill_(1.0)
         elif name.endswith("bias"):
             p.zero_()

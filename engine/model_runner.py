@@ -1,0 +1,168 @@
+"""Runs one scheduled step: builds the flat batch tensors, encodes images not in the encoder
+cache, runs the model over the paged KV cache and samples the sequences that reached their
+last token."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from engine.encoder_cache import EncoderCache, EncoderOutput
+from engine.sampler import Sampler
+from engine.scheduler import ScheduledBatch
+from engine.sequence import Sequence
+from models.attention import AttentionMetadata
+
+
+@dataclass
+class StepResult:
+    seq: Sequence
+    token_id: int
+    logprobs: dict | None
+
+
+class ModelRunner:
+    def __init__(self, model, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device,
+                 encoder_cache: EncoderCache):
+        self.model = model
+        self.device = device
+        self.block_size = block_size
+        t = model.cfg.text
+        self.kv_cache = torch.zeros(
+            t.num_hidden_layers, 2, num_blocks, block_size, t.num_key_value_heads, t.head_dim,
+            dtype=dtype, device=device,
+        )
+        self.kv_caches = [(self.kv_cache[i, 0], self.kv_cache[i, 1]) for i in range(t.num_hidden_layers)]
+        self.encoder_cache = encoder_cache
+        self.sampler = Sampler()
+        self.vision_encoder_calls = 0
+
+    @staticmethod
+    def kv_bytes_per_block(model_cfg, block_size: int, dtype: torch.dtype) -> int:
+        t = model_cfg.text
+        elem = torch.empty((), dtype=dtype).element_size()
+        return 2 * t.num_hidden_layers * block_size * t.num_key_value_heads * t.head_dim * elem
+
+    # -- vision -------------------------------------------------------------------------
+    def _encode_missing(self, batch: ScheduledBatch) -> dict[str, EncoderOutput]:
+        """Encoder outputs of every image whose tokens are computed this step; the misses are
+        encoded together in one vision-tower call."""
+        needed: dict[str, EncoderOutput | None] = {}
+        owners: dict[str, list[Sequence]] = {}
+        pixels = {}  # content hash -> the ImageInput to encode
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
+            for image, span in zip(seq.images, seq.image_spans):
+                if span.offset < end and span.end > start:
+                    h = span.content_hash
+                    if h not in needed:
+                        needed[h] = self.encoder_cache.get(h)
+                    if needed[h] is None:
+                        owners.setdefault(h, []).append(seq)
+                        pixels.setdefault(h, image)
+        missing = [h for h, out in needed.items() if out is None]
+        if missing:
+            images = [pixels[h] for h in missing]
+            patches = torch.cat([im.pixel_values for im in images]).to(self.device)
+            grids = [tuple(im.grid_thw) for im in images]
+            t0 = time.perf_counter()
+            embeds, deepstack = self.model.encode_images(patches, grids)
+            elapsed = time.perf_counter() - t0
+            sizes = [im.num_tokens for im in images]
+            for i, (h, e) in enumerate(zip(missing, embeds.split(sizes))):
+                out = (e, [d.split(sizes)[i] for d in deepstack])
+                needed[h] = out
+                self.encoder_cache.put(h, out)
+            self.vision_encoder_calls += len(missing)
+            for h in missing:
+                for seq in set(owners[h]):
+                    seq.vision_encoder_calls += 1
+                    seq.metrics.vision_encoder_time += elapsed
+        return needed
+
+    # -- batch tensors ----------------------------------------------------------------------
+    def _prepare(self, batch: ScheduledBatch, images: dict[str, EncoderOutput]):
+        ids, pos, slots = [], [], []
+        vis_rows, vis_embeds, vis_deep = [], [], []
+        extend_tables, cu_q, prefix_lens = [], [0], []
+        decode_tables, context_lens = [], []
+        logits_rows, sample_seqs = [], []
+        row = 0
+        bs = self.block_size
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            start, end = seq.num_computed_tokens, seq.num_computed_tokens + n
+            ids.extend(seq.token_ids[start:end])
+            pos.append(seq.positions(start, end))
+            table = seq.block_table
+            slots.extend(table[t // bs] * bs + t % bs for t in range(start, end))
+            for span in seq.image_spans:
+                a, b = max(start, span.offset), min(end, span.end)
+                if a < b:
+                    embeds, deep = images[span.content_hash]
+                    vis_rows.append(torch.arange(row + a - start, row + b - start))
+                    vis_embeds.append(embeds[a - span.offset:b - span.offset])
+                    vis_deep.append([d[a - span.offset:b - span.offset] for d in deep])
+            if n == 1:
+                decode_tables.append(table)
+                context_lens.append(end)
+            else:
+                extend_tables.append(table)
+                cu_q.append(cu_q[-1] + n)
+                prefix_lens.append(start)
+            row += n
+            if end == len(seq):
+                logits_rows.append(row - 1)
+                sample_seqs.append(seq)
+
+        dev = self.device
+
+        def tables(rows):
+            width = max(len(r) for r in rows)
+            return torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.int32, device=dev)
+
+        meta = AttentionMetadata(
+            slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+            num_prefill_tokens=cu_q[-1],
+        )
+        if extend_tables:
+            meta.cu_seqlens_q = torch.tensor(cu_q, dtype=torch.int32, device=dev)
+            meta.prefix_lens = torch.tensor(prefix_lens, dtype=torch.int32, device=dev)
+            meta.prefill_block_tables = tables(extend_tables)
+            meta.max_seqlen_q = max(b - a for a, b in zip(cu_q, cu_q[1:]))
+        if decode_tables:
+            meta.context_lens = torch.tensor(context_lens, dtype=torch.int32, device=dev)
+            meta.decode_block_tables = tables(decode_tables)
+        visual = None
+        if vis_rows:
+            n_deep = len(vis_deep[0])
+            visual = (
+                torch.cat(vis_rows).to(dev),
+                torch.cat(vis_embeds),
+                [torch.cat([d[i] for d in vis_deep]) for i in range(n_deep)],
+            )
+        input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
+        positions = torch.cat(pos, dim=1).to(dev)
+        return input_ids, positions, meta, visual, logits_rows, sample_seqs
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> list[StepResult]:
+        """Runs the step; advances num_computed_tokens. Returns one result per sampled sequence."""
+        images = self._encode_missing(batch)
+        input_ids, positions, meta, visual, logits_rows, sample_seqs = self._prepare(batch, images)
+        t0 = time.perf_counter()
+        visual_index, visual_embeds, deepstack = visual if visual is not None else (None, None, None)
+        hidden = self.model(input_ids, positions, self.kv_caches, meta, visual_index, visual_embeds, deepstack)
+        results = []
+        if sample_seqs:
+            logits = self.model.compute_logits(hidden[logits_rows])
+            tokens, logprobs = self.sampler(logits, sample_seqs)
+            results = [StepResult(s, t, lp) for s, t, lp in zip(sample_seqs, tokens, logprobs)]
+        elapsed = time.perf_counter() - t0
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            if seq.num_output_tokens == 0 or seq.num_computed_tokens < seq.num_prompt_tokens:
+                seq.metrics.prefill_time += elapsed
+            else:
+                seq.metrics.decode_time += elapsed
+        return results

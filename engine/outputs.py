@@ -1,0 +1,44 @@
+"""What a finished (or failed) request returns."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RequestMetrics:
+    """Wall-clock times (time.perf_counter seconds) and component durations (seconds)."""
+
+    arrival_time: float = 0.0
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    finished_time: float | None = None
+    vision_encoder_time: float = 0.0
+    prefill_time: float = 0.0
+    decode_time: float = 0.0
+
+    @property
+    def ttft(self) -> float | None:
+        """Time to first token, seconds since arrival."""
+        return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
+    @property
+    def e2e(self) -> float | None:
+        return None if self.finished_time is None else self.finished_time - self.arrival_time
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None  # "stop" | "length" | "abort" | "error"
+    error: str | None = None
+    num_cached_tokens: int = 0
+    logprobs: list[dict[int, float]] | None = None
+    metrics: RequestMetrics = field(default_factory=RequestMetrics)
+    num_vision_encoder_calls: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,82 @@
+"""Prefix-cache index: which physical KV block holds a given full block of tokens.
+
+A block's key chains over its parent's digest, its token ids and the image identities of its
+image tokens, so the same text over a different image never matches. The digest is a
+128-bit BLAKE2 and every hit is confirmed against the stored tokens and image keys.
+
+`PrefixCache` is the interface the block manager uses (match / insert / evict / sizes); a
+radix tree could implement it instead of the hash table below without touching the scheduler.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BlockKey:
+    parent: bytes  # digest of the previous block's key (b"" for the first block)
+    tokens: tuple[int, ...]
+    extras: tuple  # ((image content hash, image offset relative to block start), ...)
+
+    def digest(self) -> bytes:
+        h = hashlib.blake2b(self.parent, digest_size=16)
+        h.update(struct.pack(f"<{len(self.tokens)}q", *self.tokens))
+        for content_hash, offset in self.extras:
+            h.update(content_hash.encode())
+            h.update(struct.pack("<q", offset))
+        return h.digest()
+
+
+class PrefixCache(ABC):
+    @abstractmethod
+    def match(self, key: BlockKey) -> int | None:
+        """Block id holding exactly `key`, or None."""
+
+    @abstractmethod
+    def insert(self, key: BlockKey, block_id: int) -> None:
+        """Records that `block_id` holds `key` (first writer wins on duplicates)."""
+
+    @abstractmethod
+    def evict(self, block_id: int) -> None:
+        """Forgets whatever `block_id` held (it is about to be overwritten)."""
+
+    @abstractmethod
+    def holds(self, block_id: int) -> bool:
+        """Whether `block_id` currently backs a cached key."""
+
+    @abstractmethod
+    def __len__(self) -> int:
+        """Number of cached blocks."""
+
+
+class HashPrefixCache(PrefixCache):
+    def __init__(self):
+        self._by_digest: dict[bytes, tuple[int, BlockKey]] = {}
+        self._digest_of: dict[int, bytes] = {}
+
+    def match(self, key: BlockKey) -> int | None:
+        hit = self._by_digest.get(key.digest())
+        if hit is None or hit[1] != key:  # confirm: a digest collision never serves wrong KV
+            return None
+        return hit[0]
+
+    def insert(self, key: BlockKey, block_id: int) -> None:
+        digest = key.digest()
+        if digest in self._by_digest or block_id in self._digest_of:
+            return
+        self._by_digest[digest] = (block_id, key)
+        self._digest_of[block_id] = digest
+
+    def evict(self, block_id: int) -> None:
+        digest = self._digest_of.pop(block_id, None)
+        if digest is not None:
+            del self._by_digest[digest]
+
+    def holds(self, block_id: int) -> bool:
+        return block_id in self._digest_of
+
+    def __len__(self) -> int:
+        return len(self._digest_of)

@@ -1,0 +1,106 @@
+"""Continuous batching under a per-step token budget.
+
+Each step every running sequence asks for the tokens it has not computed yet: one for a
+decode, up to the rest of its prompt for a (chunked) prefill. Running sequences go first,
+in arrival order, then waiting ones are admitted while the token budget, the sequence limit
+and free KV blocks allow. When blocks run out, the most recently admitted running sequence
+is preempted: its blocks are freed and it recomputes later from its tokens (prompt plus
+what it already generated), so nothing is lost.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from engine.block_manager import BlockManager
+from engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledBatch:
+    seqs: list[Sequence]
+    num_new_tokens: list[int]  # per sequence, aligned with seqs; extends (> 1 token) first, then 1-token steps
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new_tokens)
+
+    def __bool__(self) -> bool:
+        return bool(self.seqs)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+        self.bm = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> ScheduledBatch:
+        budget = self.max_num_batched_tokens
+        picked: list[tuple[Sequence, int]] = []
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(len(seq) - seq.num_computed_tokens, budget)
+            while not self.bm.can_append(seq, n):
+                victim = self.running[-1]
+                self._preempt(victim)
+                if victim is seq:
+                    break
+            else:
+                self.bm.append_slots(seq, n)
+                picked.append((seq, n))
+                budget -= n
+                i += 1
+                continue
+            break  # seq itself was preempted; everything after it already was too
+        while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            hits = self.bm.match_prefix(seq)
+            n = min(len(seq) - len(hits) * self.bm.block_size, budget)
+            if not self.bm.can_admit(seq, hits, n):
+                if not self.running and not picked:
+                    # Can never fit even alone: the engine checks capacity at submission,
+                    # so this only happens with a pool smaller than one sequence.
+                    raise RuntimeError(f"request {seq.request_id} does not fit the KV pool")
+                break
+            self.waiting.popleft()
+            self.bm.admit(seq, hits)
+            if seq.num_preemptions == 0:
+                seq.num_cached_tokens = seq.num_computed_tokens
+            self.bm.append_slots(seq, n)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            picked.append((seq, n))
+            budget -= n
+        # extends before decodes: the runner slices attention metadata that way
+        picked.sort(key=lambda sn: sn[1] == 1)
+        return ScheduledBatch([s for s, _ in picked], [n for _, n in picked])
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.bm.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        seq.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """Removes a finished (or aborted) sequence from whichever queue holds it."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.bm.free(seq)
+        seq.status = SequenceStatus.FINISHED

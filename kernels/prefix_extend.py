@@ -1,0 +1,141 @@
+"""Triton prefix + extend attention: new tokens over their cached prefix and themselves.
+
+One launch covers every sequence of the batch (variable lengths): program (m, b, h) takes
+BLOCK_M new query tokens of sequence b for query head h, runs one online softmax first over
+the sequence's cached prefix (gathered through the block table, no mask), then over the new
+tokens' own K/V read straight from k/v with a bottom-right causal mask. Programs whose query
+tile lies past their sequence's new tokens exit at once.
+Reference: kernels.prefix_extend_ref.prefix_extend_attention.
+"""
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.triton_utils import interpreting, next_pow2
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale):
+    """Fold one K/V tile into the running (max, sum, accumulator); scores in log2 units."""
+    scores = tl.dot(q, tl.trans(k)) * qk_scale
+    scores = tl.where(valid, scores, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(scores - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _prefix_extend_kernel(
+    q_ptr, k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, cu_seqlens_ptr,
+    prefix_lens_ptr, out_ptr,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+    stride_cb, stride_cs, stride_ch, stride_bt,
+    qk_scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+):
+    m_start = tl.program_id(0) * BLOCK_M
+    seq = tl.program_id(1).to(tl.int64)
+    head = tl.program_id(2)
+    q_start = tl.load(cu_seqlens_ptr + seq).to(tl.int64)
+    num_new = tl.load(cu_seqlens_ptr + seq + 1) - q_start
+    if m_start >= num_new:
+        return
+    prefix = tl.load(prefix_lens_ptr + seq)
+    kv_head = head // GROUP
+
+    i = m_start + tl.arange(0, BLOCK_M)  # new-token index within the sequence
+    n_offs = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, BLOCK_D)
+    d_mask = d < HEAD_DIM
+    i_mask = i < num_new
+    q = tl.load(q_ptr + (q_start + i)[:, None] * stride_qt + head * stride_qh + d[None, :],
+                mask=i_mask[:, None] & d_mask[None, :], other=0.0)
+    if UPCAST:
+        q = q.to(tl.float32)
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite floor: no inf - inf
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    # Cached prefix: every new token sees all of it.
+    for tile in range(0, prefix, BLOCK_N):
+        pos = tile + n_offs
+        n_mask = pos < prefix
+        block_ids = tl.load(block_tables_ptr + seq * stride_bt + pos // BLOCK_SIZE, mask=n_mask, other=0)
+        rows = block_ids.to(tl.int64) * stride_cb + (pos % BLOCK_SIZE) * stride_cs + kv_head * stride_ch
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_cache_ptr + rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        m_i, l_i, acc = _online_softmax_step(q, k, v, n_mask[None, :], m_i, l_i, acc, qk_scale)
+
+    # The new tokens themselves, causal: token i sees new tokens j <= i.
+    self_end = tl.minimum(num_new, m_start + BLOCK_M)
+    for tile in range(0, self_end, BLOCK_N):
+        j = tile + n_offs
+        n_mask = j < num_new
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k = tl.load(k_ptr + (q_start + j)[:, None] * stride_kt + kv_head * stride_kh + d[None, :],
+                    mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + (q_start + j)[:, None] * stride_vt + kv_head * stride_vh + d[None, :],
+                    mask=kv_mask, other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        valid = n_mask[None, :] & (j[None, :] <= i[:, None])
+        m_i, l_i, acc = _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale)
+
+    out = acc / l_i[:, None]
+    tl.store(out_ptr + (q_start + i)[:, None] * stride_ot + head * stride_oh + d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=i_mask[:, None] & d_mask[None, :])
+
+
+def prefix_extend_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    scale: float,
+    max_seqlen_q: Optional[int] = None,
+) -> torch.Tensor:
+    """Same contract as kernels.prefix_extend_ref.prefix_extend_attention.
+
+    Pass max_seqlen_q to size the grid without a device sync.
+    """
+    num_q, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    batch = prefix_lens.shape[0]
+    block_size = k_cache.shape[1]
+    assert q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1
+    assert k_cache.is_contiguous() and k_cache.stride() == v_cache.stride()
+    out = torch.empty_like(q)
+    if num_q == 0 or batch == 0:
+        return out
+    if max_seqlen_q is None:
+        max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
+    block_m = 64 if not interpreting() else max(16, min(128, next_pow2(max_seqlen_q)))
+    block_n = 64
+    grid = (triton.cdiv(max_seqlen_q, block_m), batch, num_heads)
+    _prefix_extend_kernel[grid](
+        q, k, v, k_cache, v_cache, block_tables, cu_seqlens_q, prefix_lens, out,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        scale * LOG2E,
+        GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=next_pow2(head_dim), UPCAST=interpreting(),
+    )
+    return out

@@ -109,6 +109,27 @@ class LLM:
         self._seqs: dict[str, Sequence] = {}
         self._counter = itertools.count()
 
+    @classmethod
+    def from_random(cls, config, *, processor_dir, seed: int = 0, **kwargs) -> "LLM":
+        """An engine over random weights of a real architecture, built directly in the target
+        dtype (no checkpoint on disk). `config` is a config.json dict or path; `processor_dir`
+        holds the tokenizer and preprocessor_config.json used to build prompts."""
+        import json
+
+        from models.config import parse_config
+        from models.factory import random_model
+
+        if not isinstance(config, dict):
+            config = json.loads(Path(config).read_text())
+        cfg = parse_config(config)
+        device = resolve_device(kwargs.pop("device", "auto"))
+        dtype = resolve_dtype(kwargs.pop("dtype", "auto"), device, cfg.torch_dtype)
+        backend = resolve_backend(kwargs.pop("attention_backend", "auto"), device)
+        model = random_model(cfg, get_ops(backend), dtype, device, seed=seed)
+        name = {v: k for k, v in _DTYPES.items()}[dtype]
+        return cls(None, device=str(device), dtype=name, attention_backend=backend, _model_cfg=cfg,
+                   _model=model, _processor=Processor(processor_dir), **kwargs)
+
     # -- requests -------------------------------------------------------------------------
     def _process(self, prompt):
         if isinstance(prompt, str):

@@ -45,8 +45,9 @@ def apply_rotary_(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torc
     """Same contract as kernels.rotary_ref.apply_rotary_ (q [N, Hq, D], k [N, Hkv, D], in place)."""
     num_tokens, num_q_heads, head_dim = q.shape
     num_k_heads = k.shape[1]
-    assert q.stride(-1) == 1 and k.stride(-1) == 1 and cos.stride(-1) == 1 and sin.stride(-1) == 1
-    assert cos.dtype == torch.float32 and sin.dtype == torch.float32
+    assert q.stride(-1) == 1 and k.stride(-1) == 1, "the head dimension must be contiguous"
+    cos = cos.to(torch.float32).contiguous()
+    sin = sin.to(torch.float32).contiguous()
     half = head_dim // 2
     if num_tokens == 0:
         return

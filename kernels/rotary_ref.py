@@ -25,7 +25,7 @@ def mrope_cos_sin(
         axis[(j % 3 == 2) & (j < 3 * mrope_section[2])] = 2
         # Only the chosen axis per frequency is needed: gather positions, then multiply.
         chosen = positions.index_select(0, axis)  # [D/2, N]
-        freqs = chosen.t().float() * inv_freq
+        freqs = (chosen.t().float() * inv_freq).contiguous()
     return freqs.cos(), freqs.sin()
 
 

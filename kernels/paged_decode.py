@@ -8,11 +8,13 @@ one program per (sequence, query head) and merges the splits. Splitting keeps th
 when the batch is small and contexts are long; programs never read each other's results
 except through the merge stage. Reference: kernels.paged_decode_ref.paged_decode_attention.
 """
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import interpreting, next_pow2
+from kernels.triton_utils import dot_precision, interpreting, next_pow2
 
 LOG2E = 1.4426950408889634
 
@@ -28,6 +30,7 @@ def _decode_split_kernel(
     num_heads, num_splits, tokens_per_split, qk_scale,  # qk_scale includes log2(e)
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     seq = tl.program_id(0).to(tl.int64)
     kv_head = tl.program_id(1)
@@ -62,13 +65,14 @@ def _decode_split_kernel(
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        scores = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_G, BLOCK_N], log2 units
+        # [BLOCK_G, BLOCK_N] scores in log2 units (qk_scale carries log2(e)).
+        scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         scores = tl.where(n_mask[None, :], scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(scores - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
     nonempty = l_i > 0
@@ -104,12 +108,17 @@ def _decode_merge_kernel(
     tl.store(out_ptr + seq * stride_ob + head * stride_oh + d, out.to(out_ptr.dtype.element_ty), mask=d_mask)
 
 
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _num_splits(batch: int, num_kv_heads: int, max_tokens: int, block_n: int) -> int:
     """Enough (sequence, head, split) programs to fill a GPU, without splits shorter than a tile."""
     if interpreting():
         target = 1  # programs run one by one; fewer, longer programs are faster to interpret
     else:
-        target = 2 * torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+        target = 2 * _sm_count(torch.cuda.current_device())
     wanted = triton.cdiv(target, batch * num_kv_heads)
     return max(1, min(wanted, triton.cdiv(max_tokens, block_n), 64))
 
@@ -152,7 +161,7 @@ def paged_decode_attention(
         num_heads, num_splits, tokens_per_split, scale * LOG2E,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
         BLOCK_G=max(16, next_pow2(group)), BLOCK_D=next_pow2(head_dim), BLOCK_N=block_n,
-        UPCAST=interpreting(),
+        UPCAST=interpreting(), PRECISION=dot_precision(q.dtype),
     )
     _decode_merge_kernel[(batch, num_heads)](
         part_out, part_lse, out,

@@ -13,21 +13,21 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import interpreting, next_pow2
+from kernels.triton_utils import dot_precision, interpreting, next_pow2
 
 LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale):
+def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, PRECISION: tl.constexpr):
     """Fold one K/V tile into the running (max, sum, accumulator); scores in log2 units."""
-    scores = tl.dot(q, tl.trans(k)) * qk_scale
+    scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
     scores = tl.where(valid, scores, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(scores, axis=1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(scores - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
 
 
@@ -40,6 +40,7 @@ def _prefix_extend_kernel(
     qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     m_start = tl.program_id(0) * BLOCK_M
     seq = tl.program_id(1).to(tl.int64)
@@ -76,7 +77,8 @@ def _prefix_extend_kernel(
         if UPCAST:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        m_i, l_i, acc = _online_softmax_step(q, k, v, n_mask[None, :], m_i, l_i, acc, qk_scale)
+        m_i, l_i, acc = _online_softmax_step(q, k, v, n_mask[None, :], m_i, l_i, acc, qk_scale,
+                                             PRECISION)
 
     # The new tokens themselves, causal: token i sees new tokens j <= i.
     self_end = tl.minimum(num_new, m_start + BLOCK_M)
@@ -92,7 +94,7 @@ def _prefix_extend_kernel(
             k = k.to(tl.float32)
             v = v.to(tl.float32)
         valid = n_mask[None, :] & (j[None, :] <= i[:, None])
-        m_i, l_i, acc = _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale)
+        m_i, l_i, acc = _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, PRECISION)
 
     out = acc / l_i[:, None]
     tl.store(out_ptr + (q_start + i)[:, None] * stride_ot + head * stride_oh + d[None, :],
@@ -136,6 +138,6 @@ def prefix_extend_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         scale * LOG2E,
         GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=next_pow2(head_dim), UPCAST=interpreting(),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=next_pow2(head_dim), UPCAST=interpreting(), PRECISION=dot_precision(q.dtype),
     )
     return out

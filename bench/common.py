@@ -1,0 +1,48 @@
+"""Shared helpers for the bench scripts: timing, memory bandwidth, table printing."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+
+def median_time(fn, repeats: int = 3, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
+    """Bytes/second this machine streams from DRAM in a reduction over a buffer much larger
+    than the caches (the floor for weight-bound decode)."""
+    x = torch.ones(nbytes // 4, dtype=torch.float32)
+    t = median_time(lambda: x.sum(), repeats=repeats, warmup=1)
+    return nbytes / t
+
+
+def weight_bytes(model: torch.nn.Module, text_only: bool = True) -> int:
+    """Bytes read per decode step: the text decoder's weights plus the LM head."""
+    seen, total = set(), 0
+    for name, p in model.named_parameters():
+        if text_only and name.startswith("visual."):
+            continue
+        if p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        total += p.numel() * p.element_size()
+    return total
+
+
+def print_table(headers: list[str], rows: list[list]) -> None:
+    cells = [headers] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for i, r in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))

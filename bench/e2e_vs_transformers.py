@@ -1,0 +1,93 @@
+"""Baton vs transformers `generate` on the same synthetic checkpoint (text decoder ~0.5B,
+Qwen3-VL-2B vision tower), batch 1, one image: time to first token and per-token decode,
+as ratios, plus the DRAM-bandwidth floor for decode (weight bytes / measured bandwidth).
+
+    python bench/e2e_vs_transformers.py [--dtypes float32 bfloat16] [--new-tokens 32]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import measure_read_bandwidth, median_time, print_table, weight_bytes  # noqa: E402
+from engine import LLM, SamplingParams  # noqa: E402
+from engine.demo import make_demo_image  # noqa: E402
+from models.synthetic import ensure_checkpoint  # noqa: E402
+
+PAD = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def bench_baton(path, dtype, prompt, new_tokens, repeats):
+    llm = LLM(str(path), device="cpu", dtype=dtype, attention_backend="torch", enable_prefix_caching=False)
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+    llm.generate(prompt, SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))  # warm-up
+    ttfts, per_tok = [], []
+    for _ in range(repeats):
+        llm.encoder_cache._entries.clear()  # cold image every run: same work as transformers
+        out = llm.generate(prompt, params)[0]
+        ttfts.append(out.metrics.ttft)
+        per_tok.append(out.metrics.decode_time / (len(out.token_ids) - 1))
+    return sorted(ttfts)[len(ttfts) // 2], sorted(per_tok)[len(per_tok) // 2], llm
+
+
+def bench_transformers(path, dtype, inputs, new_tokens, repeats):
+    from transformers import Qwen3VLForConditionalGeneration
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(str(path), dtype=getattr(torch, dtype)).eval()
+
+    def gen(n):
+        with torch.inference_mode():
+            model.generate(**inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+    ttft = median_time(lambda: gen(1), repeats=repeats)
+    full = median_time(lambda: gen(new_tokens), repeats=repeats)
+    return ttft, (full - ttft) / (new_tokens - 1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="bench-0.5b")
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--image-size", type=int, default=448)
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    path = ensure_checkpoint(args.preset)
+    print(f"checkpoint {path} ({time.perf_counter() - t0:.1f} s)")
+    image = make_demo_image(args.image_size, args.image_size, seed=1)
+    prompt = {"prompt": f"<|im_start|>user\n{PAD}Describe the picture.<|im_end|>\n<|im_start|>assistant\n",
+              "images": [image]}
+    bandwidth = measure_read_bandwidth()
+    print(f"measured DRAM read bandwidth: {bandwidth / 1e9:.1f} GB/s; threads: {torch.get_num_threads()}")
+    rows = []
+    for dtype in args.dtypes:
+        b_ttft, b_tok, llm = bench_baton(path, dtype, prompt, args.new_tokens, args.repeats)
+        processed = llm.processor.process(prompt["prompt"], prompt["images"])
+        ids = torch.tensor([processed.token_ids])
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+                  "pixel_values": processed.images[0].pixel_values,
+                  "image_grid_thw": torch.tensor([list(processed.images[0].grid_thw)]),
+                  "mm_token_type_ids": (ids == llm.model_cfg.image_token_id).long()}
+        floor = weight_bytes(llm.model) / bandwidth
+        n_prompt = len(processed.token_ids)
+        del llm
+        h_ttft, h_tok = bench_transformers(path, dtype, inputs, args.new_tokens, args.repeats)
+        rows.append([dtype, n_prompt, f"{b_ttft * 1e3:.0f}", f"{h_ttft * 1e3:.0f}", f"{h_ttft / b_ttft:.2f}x",
+                     f"{b_tok * 1e3:.1f}", f"{h_tok * 1e3:.1f}", f"{h_tok / b_tok:.2f}x",
+                     f"{floor * 1e3:.1f}", f"{floor / b_tok:.0%}"])
+    print()
+    print_table(["dtype", "prompt", "TTFT baton ms", "TTFT HF ms", "HF/baton",
+                 "tok baton ms", "tok HF ms", "HF/baton", "floor ms", "floor/baton"], rows)
+    print("\nHF/baton > 1 means Baton is faster; floor = decoder+head weight bytes / measured bandwidth.")
+
+
+if __name__ == "__main__":
+    main()

@@ -57,6 +57,13 @@ def _available_memory(device: torch.device) -> int:
         return 4 << 30
 
 
+def _stats_columns(rows: list[tuple] | None) -> dict[str, list[float]] | None:
+    if rows is None:
+        return None
+    names = ("entropy", "max_prob", "margin", "logprob")
+    return {name: [r[i] for r in rows] for i, name in enumerate(names)}
+
+
 class LLM:
     def __init__(
         self,
@@ -145,7 +152,7 @@ class LLM:
                 vocab = self.model_cfg.text.vocab_size
                 if any(t < 0 or t >= vocab for t in ids):
                     raise InvalidRequestError(f"prompt_token_ids holds ids outside [0, {vocab})")
-                return self.processor.process_token_ids(list(ids), list(images))
+                return self.processor.process_ids(list(ids), list(images))
             text = prompt.get("prompt")
             if not isinstance(text, str):
                 raise InvalidRequestError("a prompt dict needs a 'prompt' string (or 'prompt_token_ids')")
@@ -155,8 +162,9 @@ class LLM:
         )
 
     def add_request(self, prompt, sampling_params: SamplingParams | None = None,
-                    request_id: str | None = None) -> str:
-        """Validates and queues one request; raises InvalidRequestError (engine state untouched)."""
+                    request_id: str | None = None, record_stats: bool = False) -> str:
+        """Validates and queues one request; raises InvalidRequestError (engine state untouched).
+        record_stats: keep per-token entropy / max_prob / margin / logprob of the generated tokens."""
         params = sampling_params if sampling_params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("sampling_params must be a SamplingParams")
@@ -175,7 +183,7 @@ class LLM:
                 f"prompt needs {blocks} KV blocks but the pool has {self.block_manager.num_blocks}; "
                 "raise kv_cache_bytes"
             )
-        seq = Sequence(request_id, processed, params, self.block_size)
+        seq = Sequence(request_id, processed, params, self.block_size, record_stats)
         self._seqs[request_id] = seq
         self.scheduler.add(seq)
         return request_id
@@ -256,6 +264,7 @@ class LLM:
             logprobs=seq.logprobs,
             metrics=seq.metrics,
             num_vision_encoder_calls=seq.vision_encoder_calls,
+            token_stats=_stats_columns(seq.token_stats),
         )
 
     # -- batch API --------------------------------------------------------------------------

@@ -145,6 +145,19 @@ class ModelRunner:
         positions = torch.cat(pos, dim=1).to(dev)
         return input_ids, positions, meta, visual, logits_rows, sample_seqs
 
+    @staticmethod
+    def _record_stats(logits: torch.Tensor, tokens: list[int], seqs: list[Sequence]) -> None:
+        want = [i for i, s in enumerate(seqs) if s.token_stats is not None]
+        if not want:
+            return
+        from kernels import token_stats  # native op; only needed when a request asks for stats
+
+        ids = torch.tensor([tokens[i] for i in want], dtype=torch.long, device=logits.device)
+        st = token_stats(logits[want], ids)
+        rows = torch.stack([st.entropy, st.max_prob, st.margin, st.logprob], dim=1).tolist()
+        for i, row in zip(want, rows):
+            seqs[i].token_stats.append(tuple(row))
+
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> list[StepResult]:
         """Runs the step; advances num_computed_tokens. Returns one result per sampled sequence."""
@@ -157,6 +170,7 @@ class ModelRunner:
         if sample_seqs:
             logits = self.model.compute_logits(hidden[logits_rows])
             tokens, logprobs = self.sampler(logits, sample_seqs)
+            self._record_stats(logits, tokens, sample_seqs)
             results = [StepResult(s, t, lp) for s, t, lp in zip(sample_seqs, tokens, logprobs)]
         elapsed = time.perf_counter() - t0
         for seq, n in zip(batch.seqs, batch.num_new_tokens):

@@ -38,6 +38,8 @@ class RequestOutput:
     logprobs: list[dict[int, float]] | None = None
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     num_vision_encoder_calls: int = 0
+    # with add_request(record_stats=True): per generated token, {"entropy", "max_prob", "margin", "logprob"}
+    token_stats: dict[str, list[float]] | None = None
 
     @property
     def finished(self) -> bool:

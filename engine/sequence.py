@@ -34,7 +34,8 @@ class Sequence:
     """token_ids holds the prompt followed by the generated tokens. num_computed_tokens of them
     have their K/V in the cache (prefix-cache hits included)."""
 
-    def __init__(self, request_id: str, processed, params: SamplingParams, block_size: int):
+    def __init__(self, request_id: str, processed, params: SamplingParams, block_size: int,
+                 record_stats: bool = False):
         self.request_id = request_id
         self.token_ids: list[int] = list(processed.token_ids)
         self.num_prompt_tokens = len(self.token_ids)
@@ -54,6 +55,8 @@ class Sequence:
         self.error: str | None = None
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
         self.output_text = ""
+        # per generated token (entropy, max_prob, margin, logprob), when the caller asked
+        self.token_stats: list[tuple[float, float, float, float]] | None = [] if record_stats else None
         self.vision_encoder_calls = 0
         self.metrics = RequestMetrics(arrival_time=time.perf_counter())
         self.generator: torch.Generator | None = None  # created by the sampler on first use (seeded)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from transformers import GenerationConfig
 
 
 def hf_model(checkpoint, dtype=torch.float32):
@@ -25,8 +26,10 @@ def hf_inputs(processed, image_token_id: int) -> dict:
 def hf_greedy(model, inputs: dict, max_new_tokens: int) -> tuple[list[int], torch.Tensor]:
     """(greedy continuation ignoring EOS, float32 logits of the last prompt position)."""
     logits = model(**inputs).logits[0, -1].float()
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                         do_sample=False, pad_token_id=0)
+    # plain argmax, EOS allowed but not stopping (our ignore_eos); min_new_tokens would instead
+    # suppress EOS, and generation_config extras (repetition penalty...) must not apply
+    model.generation_config = GenerationConfig(do_sample=False, eos_token_id=None, pad_token_id=0)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens)
     return out[0, inputs["input_ids"].shape[1]:].tolist(), logits
 
 

@@ -7,19 +7,20 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import next_pow2
+from kernels.triton_utils import interpreting, next_pow2, rows_per_program
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, inter, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < inter
-    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
-    up = tl.load(x_ptr + row * stride_x + inter + cols, mask=mask, other=0.0)
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, num_rows, inter,
+                         ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)[:, None]
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)[None, :]
+    mask = (rows < num_rows) & (cols < inter)
+    gate = tl.load(x_ptr + rows * stride_x + cols, mask=mask, other=0.0)
+    up = tl.load(x_ptr + rows * stride_x + inter + cols, mask=mask, other=0.0)
     g = gate.to(tl.float32)
     act = (g / (1.0 + tl.exp(-g))).to(gate.dtype).to(tl.float32)
-    tl.store(out_ptr + row * stride_o + cols, (act * up.to(tl.float32)).to(out_ptr.dtype.element_ty),
+    tl.store(out_ptr + rows * stride_o + cols, (act * up.to(tl.float32)).to(out_ptr.dtype.element_ty),
              mask=mask)
 
 
@@ -29,8 +30,10 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     inter = width // 2
     assert x.stride(-1) == 1
     out = torch.empty(num_rows, inter, dtype=x.dtype, device=x.device)
-    block = min(next_pow2(inter), 4096)
     if num_rows > 0:
-        _silu_and_mul_kernel[(num_rows, triton.cdiv(inter, block))](
-            x, out, x.stride(0), out.stride(0), inter, BLOCK=block)
+        block = min(next_pow2(inter), 1 << 14 if interpreting() else 1024)
+        rows = rows_per_program(block, num_rows)
+        grid = (triton.cdiv(num_rows, rows), triton.cdiv(inter, block))
+        _silu_and_mul_kernel[grid](x, out, x.stride(0), out.stride(0), num_rows, inter,
+                                   ROWS=rows, BLOCK=block)
     return out

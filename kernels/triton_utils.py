@@ -22,3 +22,13 @@ def dot_precision(dtype: torch.dtype) -> str:
     """`tl.dot` input precision: exact fp32 for fp32 models (tf32 would cost ~1e-3 accuracy);
     irrelevant for 16-bit inputs, which use the tensor cores natively."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def rows_per_program(row_elements: int, num_rows: int) -> int:
+    """How many rows one program of a row-wise kernel handles (a power of two).
+
+    On a GPU a program gets a few thousand elements. The interpreter runs programs one at a
+    time with a fixed cost each, so there a program takes many rows at once.
+    """
+    budget = (1 << 16) if interpreting() else 4096
+    return min(max(1, budget // next_pow2(row_elements)), next_pow2(num_rows))

@@ -1,10 +1,12 @@
 """Triton prefix + extend attention: new tokens over their cached prefix and themselves.
 
-One launch covers every sequence of the batch (variable lengths): program (m, b, h) takes
-BLOCK_M new query tokens of sequence b for query head h, runs one online softmax first over
-the sequence's cached prefix (gathered through the block table, no mask), then over the new
-tokens' own K/V read straight from k/v with a bottom-right causal mask. Programs whose query
-tile lies past their sequence's new tokens exit at once.
+One launch covers every sequence of the batch (variable lengths): program (m, b, kv) takes
+TOKENS new query tokens of sequence b for all GROUP query heads that share KV head kv, laid
+out as one tile of TOKENS * GROUP rows (so each K/V tile is loaded once per group), and runs
+one online softmax first over the sequence's cached prefix (gathered through the block
+table, no mask), then over the new tokens' own K/V read straight from k/v with a
+bottom-right causal mask. Programs whose tokens lie past their sequence's new tokens exit
+at once.
 Reference: kernels.prefix_extend_ref.prefix_extend_attention.
 """
 from typing import Optional
@@ -38,27 +40,29 @@ def _prefix_extend_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
     stride_cb, stride_cs, stride_ch, stride_bt,
     qk_scale,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    GROUP: tl.constexpr, TOKENS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    m_start = tl.program_id(0) * BLOCK_M
+    m_start = tl.program_id(0) * TOKENS
     seq = tl.program_id(1).to(tl.int64)
-    head = tl.program_id(2)
+    kv_head = tl.program_id(2)
     q_start = tl.load(cu_seqlens_ptr + seq).to(tl.int64)
     num_new = tl.load(cu_seqlens_ptr + seq + 1) - q_start
     if m_start >= num_new:
         return
     prefix = tl.load(prefix_lens_ptr + seq)
-    kv_head = head // GROUP
 
-    i = m_start + tl.arange(0, BLOCK_M)  # new-token index within the sequence
+    # Row r of the tile is new token m_start + r // GROUP, query head kv_head * GROUP + r % GROUP.
+    r = tl.arange(0, BLOCK_M)
+    i = m_start + r // GROUP  # new-token index within the sequence
+    head = kv_head * GROUP + r % GROUP
     n_offs = tl.arange(0, BLOCK_N)
     d = tl.arange(0, BLOCK_D)
     d_mask = d < HEAD_DIM
-    i_mask = i < num_new
-    q = tl.load(q_ptr + (q_start + i)[:, None] * stride_qt + head * stride_qh + d[None, :],
-                mask=i_mask[:, None] & d_mask[None, :], other=0.0)
+    i_mask = (r < TOKENS * GROUP) & (i < num_new)
+    q_rows = (q_start + i) * stride_qt + head * stride_qh
+    q = tl.load(q_ptr + q_rows[:, None] + d[None, :], mask=i_mask[:, None] & d_mask[None, :], other=0.0)
     if UPCAST:
         q = q.to(tl.float32)
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite floor: no inf - inf
@@ -81,7 +85,7 @@ def _prefix_extend_kernel(
                                              PRECISION)
 
     # The new tokens themselves, causal: token i sees new tokens j <= i.
-    self_end = tl.minimum(num_new, m_start + BLOCK_M)
+    self_end = tl.minimum(num_new, m_start + TOKENS)
     for tile in range(0, self_end, BLOCK_N):
         j = tile + n_offs
         n_mask = j < num_new
@@ -97,8 +101,9 @@ def _prefix_extend_kernel(
         m_i, l_i, acc = _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, PRECISION)
 
     out = acc / l_i[:, None]
-    tl.store(out_ptr + (q_start + i)[:, None] * stride_ot + head * stride_oh + d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=i_mask[:, None] & d_mask[None, :])
+    out_rows = (q_start + i) * stride_ot + head * stride_oh
+    tl.store(out_ptr + out_rows[:, None] + d[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=i_mask[:, None] & d_mask[None, :])
 
 
 def prefix_extend_attention(
@@ -128,16 +133,20 @@ def prefix_extend_attention(
         return out
     if max_seqlen_q is None:
         max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max())
-    block_m = 64 if not interpreting() else max(16, min(128, next_pow2(max_seqlen_q)))
+    group = num_heads // num_kv_heads
+    # Rows per program = tokens * group, padded to a power of two (at least 16 for tl.dot).
+    rows = 128 if interpreting() else 64
+    block_m = max(16, min(next_pow2(group) * next_pow2(max_seqlen_q), max(rows, next_pow2(group))))
+    tokens = block_m // group
     block_n = 64
-    grid = (triton.cdiv(max_seqlen_q, block_m), batch, num_heads)
+    grid = (triton.cdiv(max_seqlen_q, tokens), batch, num_kv_heads)
     _prefix_extend_kernel[grid](
         q, k, v, k_cache, v_cache, block_tables, cu_seqlens_q, prefix_lens, out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         scale * LOG2E,
-        GROUP=num_heads // num_kv_heads, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+        GROUP=group, TOKENS=tokens, HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=next_pow2(head_dim),
         UPCAST=interpreting(), PRECISION=dot_precision(q.dtype),
     )

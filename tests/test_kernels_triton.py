@@ -120,8 +120,9 @@ def test_prefix_extend_matches_reference(num_heads, num_kv_heads, head_dim, bloc
 
 
 def test_prefix_extend_several_query_tiles_without_hint():
-    # More new tokens than one query tile, and no max_seqlen_q hint.
-    case = make_extend_case([21, 0], [150, 5], 2, 1, 64, 16, seed=7, device=DEVICE)
+    # More new tokens than one query tile (tiles hold tokens x a 3-head group, with padding
+    # rows), and no max_seqlen_q hint.
+    case = make_extend_case([21, 0], [150, 5], 3, 1, 64, 16, seed=7, device=DEVICE)
     expect = prefix_extend_ref.prefix_extend_attention(*_extend_args(case))
     assert_close(prefix_extend.prefix_extend_attention(*_extend_args(case)), expect, torch.float32)
 

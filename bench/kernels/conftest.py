@@ -3,8 +3,8 @@
 `measure(fn, group=..., name=..., bytes_moved=..., flops=...)` benchmarks fn (synchronising
 the GPU inside the timed call) and records the median. At the end of the session a table
 prints each row's time, achieved bandwidth and FLOP rate, the fraction of the device's
-roofline where its peak is known (GPU), and each row's speed relative to its group's
-baseline row.
+roofline where its peak is known (GPU), and each row's speed-up over its group's baseline
+row (marked *): baseline time / row time.
 """
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -58,7 +58,7 @@ def pytest_terminal_summary(terminalreporter):
     write("")
     write(f"kernel roofline summary ({where}; medians)")
     write(f"{'group':<44} {'row':<30} {'time us':>10} {'GB/s':>8} {'TFLOP/s':>8} "
-          f"{'roofline':>9} {'vs base':>8}")
+          f"{'roofline':>9} {'speed-up':>8}")
     groups: Dict[str, List[Row]] = {}
     for row in _ROWS:
         groups.setdefault(row.group, []).append(row)
@@ -74,5 +74,6 @@ def pytest_terminal_summary(terminalreporter):
                 fractions.append(tflops / peak_tflops)
             roof = f"{100 * max(fractions):.0f}%" if fractions else "-"
             speed = f"{base.seconds / r.seconds:.2f}x" if base is not None else "-"
-            write(f"{group:<44} {r.name:<30} {r.seconds * 1e6:>10.1f} {gbps:>8.1f} "
+            name = r.name + (" *" if r.baseline else "")
+            write(f"{group:<44} {name:<30} {r.seconds * 1e6:>10.1f} {gbps:>8.1f} "
                   f"{tflops:>8.2f} {roof:>9} {speed:>8}")

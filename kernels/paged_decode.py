@@ -9,6 +9,7 @@ when the batch is small and contexts are long; programs never read each other's 
 except through the merge stage. Reference: kernels.paged_decode_ref.paged_decode_attention.
 """
 import functools
+from typing import Optional
 
 import torch
 import triton
@@ -130,7 +131,7 @@ def paged_decode_attention(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     scale: float,
-    num_splits: int = None,
+    num_splits: Optional[int] = None,
 ) -> torch.Tensor:
     """Same contract as kernels.paged_decode_ref.paged_decode_attention.
 

@@ -14,7 +14,8 @@ from torch.utils import cpp_extension
 def native_extension():
     cpp_sources = sorted(glob.glob("csrc/*.cpp"))
     cu_sources = sorted(glob.glob("csrc/*.cu"))
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # C++20: the minimum that torch 2.13 headers are written for (older torch builds with it too).
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     with_cuda = bool(cu_sources) and cpp_extension.CUDA_HOME is not None and _torch_has_cuda()
     if os.environ.get("BATON_NO_CUDA") == "1":
         with_cuda = False

@@ -25,6 +25,7 @@ from models.processor import Processor
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_MAX_MODEL_LEN = 32768
+CPU_KV_CAP_BYTES = 1 << 30
 
 
 def resolve_device(device: str) -> torch.device:
@@ -62,6 +63,15 @@ def _stats_columns(rows: list[tuple] | None) -> dict[str, list[float]] | None:
         return None
     names = ("entropy", "max_prob", "margin", "logprob")
     return {name: [r[i] for r in rows] for i, name in enumerate(names)}
+
+
+def default_kv_cache_bytes(device: torch.device, bytes_per_full_seq: int, max_num_seqs: int) -> int:
+    """Enough for max_num_seqs full-length sequences, capped by a share of free memory (90% on
+    a GPU, where weights are already resident; on the CPU 25% and at most CPU_KV_CAP_BYTES,
+    since the pool is zero-filled up front and host memory is shared with everything else)."""
+    free = _available_memory(device)
+    cap = int(0.9 * free) if device.type == "cuda" else min(int(0.25 * free), CPU_KV_CAP_BYTES)
+    return min(bytes_per_full_seq * max_num_seqs, cap)
 
 
 class LLM:
@@ -103,8 +113,8 @@ class LLM:
         self.block_size = block_size
         per_block = ModelRunner.kv_bytes_per_block(self.model_cfg, block_size, self.dtype)
         if kv_cache_bytes is None:
-            wanted = per_block * max_num_seqs * -(-self.max_model_len // block_size)
-            kv_cache_bytes = min(wanted, int(0.25 * _available_memory(self.device)))
+            kv_cache_bytes = default_kv_cache_bytes(self.device, per_block * -(-self.max_model_len // block_size),
+                                                    max_num_seqs)
         num_blocks = kv_cache_bytes // per_block
         if num_blocks < 1:
             raise ValueError(f"kv_cache_bytes={kv_cache_bytes} is smaller than one KV block ({per_block} bytes)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from engine.analysis import cost_model as cm
 from engine.analysis.calibration import TimeModel
 from models.config import ModelConfig
@@ -60,6 +62,25 @@ class LatencyPredictor:
         # the sum form is linear in the cost, so the closed-form total is exact
         return self.time_model.time(cm.decode_cost(self.cfg, prompt_len, num_output, batch,
                                                    dtype_bytes=self.dtype_bytes))
+
+    def decode_curve(self, prompt_len: int, max_output: int, batch: int = 1) -> np.ndarray:
+        """Decode seconds for every output length: element n (0 .. max_output) is decode(prompt_len, n).
+
+        A step's FLOPs and bytes are affine in its context length, so all steps are evaluated
+        at once; works for both time-model forms."""
+        base = cm.decode_step_cost(self.cfg, [0] * batch, dtype_bytes=self.dtype_bytes)
+        per_key = cm.decode_step_cost(self.cfg, [1] * batch, dtype_bytes=self.dtype_bytes)
+        d_flops, d_bytes = (per_key.flops - base.flops) / batch, (per_key.bytes - base.bytes) / batch
+        ctx = prompt_len + np.arange(1, max(max_output, 1), dtype=np.float64)  # steps 1 .. max_output-1
+        compute = (base.flops + batch * ctx * d_flops) / self.time_model.flops
+        memory = (base.bytes + batch * ctx * d_bytes) / self.time_model.bandwidth
+        steps = np.maximum(compute, memory) if self.time_model.overlap else compute + memory
+        return np.concatenate([[0.0, 0.0], np.cumsum(steps)])[: max_output + 1]
+
+    def request_curve(self, visual_tokens: int, text_tokens: int, max_output: int) -> np.ndarray:
+        """End-to-end seconds of one request for every output length 0 .. max_output."""
+        n = self.prompt_len(visual_tokens, text_tokens)
+        return self.vision(visual_tokens) + self.prefill(n) + self.decode_curve(n, max_output)
 
     def request(self, visual_tokens: int, text_tokens: int, num_output: int) -> Breakdown:
         """One request from scratch: encode the image, prefill the prompt, decode the answer."""

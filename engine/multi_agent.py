@@ -1,0 +1,253 @@
+"""MultiAgent: a small and a large VLM in one process, driven by one step loop.
+
+Each request is a pipeline of stages (a generator that yields the stages it needs next and
+receives their outputs). The driver submits every pending stage to its engine and steps
+both engines in turn, so stages of different requests and of the two models interleave
+instead of waiting on each other.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from engine.agent_prompts import AgentPrompts, PromptBuilder
+from engine.answers import answers_agree
+from engine.errors import BatonError, InvalidRequestError
+from engine.llm import LLM
+from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
+from engine.selection import POLICIES, segment_ids, select
+from engine.trace import StageRecord, chrome_trace
+
+MODES = ("small", "large", "small-reason", "large-reason", "transfer", "auto")
+
+
+@dataclass
+class Stage:
+    name: str
+    model: str  # "small" | "large"
+    prompt_ids: list[int]
+    images: list
+    max_tokens: int
+    stop: list[str] | None = None
+    record_stats: bool = False
+
+
+@dataclass
+class MultiAgentResult:
+    answer: str
+    mode: str  # the path actually taken, e.g. "auto:agree" or "auto:transfer"
+    stages: list[StageRecord] = field(default_factory=list)
+    transferred_token_ids: list[int] = field(default_factory=list)
+    transferred_text: str = ""
+    seconds: float = 0.0
+    error: str | None = None
+
+    def trace(self, pid: int = 0) -> list[dict]:
+        """Chrome / Perfetto trace events of this request's stages."""
+        return chrome_trace([self], first_pid=pid)["traceEvents"]
+
+
+class MultiAgent:
+    def __init__(self, small, large, *, prompts: AgentPrompts | None = None, brief_max_tokens: int = 16,
+                 reason_max_tokens: int = 256, selector: str = "full", budget=None, segments: str = "none",
+                 kv_cache_bytes: int | None = None, **llm_kwargs):
+        """small / large: an LLM or a checkpoint path. With paths, one KV budget
+        (kv_cache_bytes) is split so both pools hold the same number of tokens."""
+        if isinstance(small, LLM) != isinstance(large, LLM):
+            raise ValueError("pass both models as LLM instances or both as paths")
+        if not isinstance(small, LLM):
+            small, large = self._build_pair(small, large, kv_cache_bytes, llm_kwargs)
+        self.engines = {"small": small, "large": large}
+        self.prompts = prompts or AgentPrompts()
+        self.builders = {k: PromptBuilder(e.processor, self.prompts) for k, e in self.engines.items()}
+        self.brief_max_tokens = brief_max_tokens
+        self.reason_max_tokens = reason_max_tokens
+        self.selector, self.budget, self.segments = selector, budget, segments
+        self.shared_vocab = _same_tokenizer(small.processor.tokenizer, large.processor.tokenizer)
+        self._ids = itertools.count()
+
+    @staticmethod
+    def _build_pair(small_path, large_path, kv_cache_bytes, llm_kwargs):
+        from models.config import load_config
+
+        if kv_cache_bytes is None:
+            return LLM(small_path, **llm_kwargs), LLM(large_path, **llm_kwargs)
+        # same dtype and block size for both, so KV bytes per token scale with layers * kv width
+        width = [c.text.num_hidden_layers * c.text.num_key_value_heads * c.text.head_dim
+                 for c in (load_config(small_path), load_config(large_path))]
+        share = width[0] / sum(width)
+        return (LLM(small_path, kv_cache_bytes=int(kv_cache_bytes * share), **llm_kwargs),
+                LLM(large_path, kv_cache_bytes=int(kv_cache_bytes * (1 - share)), **llm_kwargs))
+
+    # -- public API ---------------------------------------------------------------------------
+    def run(self, messages, mode: str = "auto", selector: str | None = None, budget=None) -> MultiAgentResult:
+        """One request; raises InvalidRequestError for a bad one."""
+        res = self.run_batch([messages], mode=mode, selector=selector, budget=budget)[0]
+        if res.error is not None:
+            raise InvalidRequestError(res.error)
+        return res
+
+    def run_batch(self, batch: list, mode: str = "auto", selector: str | None = None,
+                  budget=None) -> list[MultiAgentResult]:
+        """Many requests through one step loop; a bad request fails alone (result.error set)."""
+        if mode not in MODES:
+            raise InvalidRequestError(f"mode must be one of {MODES}, got {mode!r}")
+        selector = selector or self.selector
+        if selector not in POLICIES:
+            raise InvalidRequestError(f"selector must be one of {POLICIES}, got {selector!r}")
+        budget = self.budget if budget is None else budget
+        t0 = time.perf_counter()
+        results = [MultiAgentResult(answer="", mode=mode) for _ in batch]
+        pipelines = {i: self._pipeline(msgs, mode, selector, budget, results[i]) for i, msgs in enumerate(batch)}
+        self._drive(pipelines, results, t0)
+        return results
+
+    # -- the step loop ------------------------------------------------------------------------
+    def _drive(self, pipelines: dict, results: list[MultiAgentResult], t0: float) -> None:
+        waiting: dict[int, dict[str, RequestOutput | None]] = {}  # request -> rid -> output
+        stages: dict[str, tuple[int, Stage, float]] = {}
+
+        def advance(i, sent):
+            try:
+                wanted = pipelines[i].send(sent)
+            except StopIteration:
+                results[i].seconds = time.perf_counter() - t0
+                waiting.pop(i, None)
+                return
+            except BatonError as e:
+                results[i].error, results[i].mode = str(e), "error"
+                results[i].seconds = time.perf_counter() - t0
+                waiting.pop(i, None)
+                return
+            waiting[i] = {}
+            for stage in wanted:
+                rid = f"ma-{next(self._ids)}-{stage.name}"
+                engine = self.engines[stage.model]
+                params = SamplingParams(temperature=0, max_tokens=stage.max_tokens, stop=stage.stop)
+                try:
+                    engine.add_request({"prompt_token_ids": stage.prompt_ids, "images": stage.images}, params,
+                                       request_id=rid, record_stats=stage.record_stats)
+                except BatonError as e:
+                    for other in waiting[i]:
+                        self.engines[stages.pop(other)[1].model].abort(other)
+                    results[i].error, results[i].mode = str(e), "error"
+                    results[i].seconds = time.perf_counter() - t0
+                    del waiting[i]
+                    return
+                waiting[i][rid] = None
+                stages[rid] = (i, stage, time.perf_counter() - t0)
+
+        for i in pipelines:
+            advance(i, None)
+        while waiting:
+            for model, engine in self.engines.items():
+                if not engine.has_unfinished():
+                    continue
+                for out in engine.step():
+                    if out.request_id not in stages:
+                        continue
+                    i, stage, start = stages.pop(out.request_id)
+                    results[i].stages.append(_record(stage, out, start, time.perf_counter() - t0))
+                    waiting[i][out.request_id] = out
+                    if all(v is not None for v in waiting[i].values()):
+                        outs = list(waiting[i].values())
+                        advance(i, outs)
+
+    # -- pipelines (one generator per request) ---------------------------------------------------
+    def _pipeline(self, messages, mode, selector, budget, result: MultiAgentResult):
+        b = self.builders
+        if mode in ("small", "large"):
+            ids, images = b[mode].brief(messages)
+            (out,) = yield [Stage(f"{mode}-brief", mode, ids, images, self.brief_max_tokens)]
+            result.answer = out.text.strip()
+            return
+        if mode in ("small-reason", "large-reason"):
+            model = mode.split("-")[0]
+            result.answer = (yield from self._reason_then_answer(model, messages))[1]
+            return
+        if mode == "transfer":
+            yield from self._transfer(messages, selector, budget, result, None)
+            return
+        # auto: mutual verification
+        s_ids, s_images = b["small"].brief(messages)
+        l_ids, l_images = b["large"].brief(messages)
+        small_out, large_out = yield [
+            Stage("small-brief", "small", s_ids, s_images, self.brief_max_tokens),
+            Stage("large-brief", "large", l_ids, l_images, self.brief_max_tokens),
+        ]
+        if answers_agree(small_out.text, large_out.text):
+            result.answer, result.mode = large_out.text.strip(), "auto:agree"
+            return
+        result.mode = "auto:transfer"
+        yield from self._transfer(messages, selector, budget, result, (l_ids, l_images))
+
+    def _reason_then_answer(self, model, messages, record_stats=False):
+        b = self.builders[model]
+        ids, images = b.reason(messages)
+        stop = [self.prompts.think_close.strip()] if self.prompts.think_close.strip() else None
+        (reasoning,) = yield [Stage(f"{model}-reason", model, ids, images, self.reason_max_tokens, stop,
+                                    record_stats)]
+        reasoning_ids = _strip_stop(reasoning, b, self.engines[model].eos_token_ids)
+        (answer,) = yield [Stage(f"{model}-answer", model, b.after_reasoning(ids, reasoning_ids), images,
+                                 self.brief_max_tokens)]
+        return reasoning, answer.text.strip(), reasoning_ids
+
+    def _transfer(self, messages, selector, budget, result, large_brief):
+        small_b, large_b = self.builders["small"], self.builders["large"]
+        ids, images = small_b.reason(messages)
+        stop = [self.prompts.think_close.strip()] if self.prompts.think_close.strip() else None
+        (reasoning,) = yield [Stage("small-reason", "small", ids, images, self.reason_max_tokens, stop,
+                                    record_stats=selector == "entropy")]
+        reasoning_ids = _strip_stop(reasoning, small_b, self.engines["small"].eos_token_ids)
+        tok = small_b.processor.tokenizer
+        pieces = [tok.decode([t]) for t in reasoning_ids]
+        keep = select(selector, len(reasoning_ids), budget, stats=reasoning.token_stats,
+                      segments=segment_ids(pieces, self.segments))
+        selected = [reasoning_ids[i] for i in keep]
+        result.transferred_text = "".join(pieces[i] for i in keep)
+        if self.shared_vocab:
+            transferred = selected
+        else:  # different vocabularies: detokenise, re-tokenise for the large model
+            transferred = large_b.encode_text(result.transferred_text)
+        result.transferred_token_ids = transferred
+        l_ids, l_images = large_brief if large_brief is not None else large_b.brief(messages)
+        (final,) = yield [Stage("large-final", "large", large_b.transfer(l_ids, transferred), l_images,
+                                self.brief_max_tokens)]
+        result.answer = final.text.strip()
+
+    # -- traces ----------------------------------------------------------------------------------
+    @staticmethod
+    def export_trace(results: list[MultiAgentResult], path) -> None:
+        import json
+
+        with open(path, "w") as f:
+            json.dump(chrome_trace(results), f)
+
+
+def _record(stage: Stage, out: RequestOutput, start: float, end: float) -> StageRecord:
+    return StageRecord(
+        name=stage.name, model=stage.model, prompt_tokens=len(out.prompt_token_ids),
+        cached_tokens=out.num_cached_tokens, output_tokens=len(out.token_ids), seconds=end - start,
+        vision_encoder_calls=out.num_vision_encoder_calls, start=start, end=end, text=out.text,
+        ttft=out.metrics.ttft,
+    )
+
+
+def _strip_stop(out: RequestOutput, builder: PromptBuilder, eos_ids: set[int]) -> list[int]:
+    """Generated reasoning ids without the end-of-turn token or the stop string that ended them."""
+    ids = list(out.token_ids)
+    if out.finish_reason != "stop":
+        return ids
+    if ids and ids[-1] in eos_ids:
+        return ids[:-1]
+    decode = builder.processor.decode
+    while ids and len(decode(ids)) > len(out.text):
+        ids.pop()
+    return ids if decode(ids) == out.text else builder.encode_text(out.text)
+
+
+def _same_tokenizer(a, b) -> bool:
+    return a.get_vocab() == b.get_vocab()
+

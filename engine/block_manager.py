@@ -51,7 +51,8 @@ class BlockManager:
         left to compute, since the last position's logits are needed."""
         if not self.enable_prefix_caching:
             return []
-        max_blocks = (len(seq) - 1) // self.block_size
+        limit = len(seq) - 1 if seq.max_prefix_tokens is None else min(len(seq) - 1, seq.max_prefix_tokens)
+        max_blocks = limit // self.block_size
         hits, parent = [], b""
         for i in range(max_blocks):
             key = self._key(seq, i, parent)

@@ -172,9 +172,13 @@ class LLM:
         )
 
     def add_request(self, prompt, sampling_params: SamplingParams | None = None,
-                    request_id: str | None = None, record_stats: bool = False) -> str:
+                    request_id: str | None = None, record_stats: bool = False,
+                    attention_probe: tuple[int, int, int] | None = None) -> str:
         """Validates and queues one request; raises InvalidRequestError (engine state untouched).
-        record_stats: keep per-token entropy / max_prob / margin / logprob of the generated tokens."""
+        record_stats: keep per-token entropy / max_prob / margin / logprob of the generated tokens.
+        attention_probe: (query_start, key_start, key_end) over prompt positions: report the last
+        layer's attention of prompt tokens [query_start, end) onto keys [key_start, key_end),
+        summed over heads and queries (RequestOutput.attention_scores)."""
         params = sampling_params if sampling_params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("sampling_params must be a SamplingParams")
@@ -193,7 +197,13 @@ class LLM:
                 f"prompt needs {blocks} KV blocks but the pool has {self.block_manager.num_blocks}; "
                 "raise kv_cache_bytes"
             )
-        seq = Sequence(request_id, processed, params, self.block_size, record_stats)
+        if attention_probe is not None:
+            q0, k0, k1 = attention_probe
+            if not (0 <= k0 < k1 <= q0 < n):
+                raise InvalidRequestError(
+                    f"attention_probe {attention_probe} must satisfy 0 <= key_start < key_end <= query_start < {n}"
+                )
+        seq = Sequence(request_id, processed, params, self.block_size, record_stats, attention_probe)
         self._seqs[request_id] = seq
         self.scheduler.add(seq)
         return request_id
@@ -275,6 +285,7 @@ class LLM:
             metrics=seq.metrics,
             num_vision_encoder_calls=seq.vision_encoder_calls,
             token_stats=_stats_columns(seq.token_stats),
+            attention_scores=seq.probe_scores,
         )
 
     # -- batch API --------------------------------------------------------------------------

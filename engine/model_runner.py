@@ -12,7 +12,7 @@ from engine.encoder_cache import EncoderCache, EncoderOutput
 from engine.sampler import Sampler
 from engine.scheduler import ScheduledBatch
 from engine.sequence import Sequence
-from models.attention import AttentionMetadata
+from models.attention import AttentionCapture, AttentionMetadata
 
 
 @dataclass
@@ -88,6 +88,7 @@ class ModelRunner:
         extend_tables, cu_q, prefix_lens = [], [0], []
         decode_tables, context_lens = [], []
         logits_rows, sample_seqs = [], []
+        captures: list[tuple[Sequence, AttentionCapture]] = []
         row = 0
         bs = self.block_size
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
@@ -103,6 +104,13 @@ class ModelRunner:
                     vis_rows.append(torch.arange(row + a - start, row + b - start))
                     vis_embeds.append(embeds[a - span.offset:b - span.offset])
                     vis_deep.append([d[a - span.offset:b - span.offset] for d in deep])
+            if seq.attention_probe is not None:
+                q0, k0, k1 = seq.attention_probe
+                first, last = max(start, q0), min(end, seq.num_prompt_tokens)  # prompt rows only
+                if first < last:
+                    table_t = torch.tensor(table, dtype=torch.int32, device=self.device)
+                    captures.append((seq, AttentionCapture(row + first - start, row + last - start, first,
+                                                           k0, k1, table_t)))
             if n == 1:
                 decode_tables.append(table)
                 context_lens.append(end)
@@ -133,6 +141,9 @@ class ModelRunner:
         if decode_tables:
             meta.context_lens = torch.tensor(context_lens, dtype=torch.int32, device=dev)
             meta.decode_block_tables = tables(decode_tables)
+        if captures:
+            meta.captures = [c for _, c in captures]
+            meta.capture_layer = self.model.cfg.text.num_hidden_layers - 1
         visual = None
         if vis_rows:
             n_deep = len(vis_deep[0])
@@ -143,7 +154,7 @@ class ModelRunner:
             )
         input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
         positions = torch.cat(pos, dim=1).to(dev)
-        return input_ids, positions, meta, visual, logits_rows, sample_seqs
+        return input_ids, positions, meta, visual, logits_rows, sample_seqs, captures
 
     @staticmethod
     def _record_stats(logits: torch.Tensor, tokens: list[int], seqs: list[Sequence]) -> None:
@@ -162,10 +173,12 @@ class ModelRunner:
     def execute(self, batch: ScheduledBatch) -> list[StepResult]:
         """Runs the step; advances num_computed_tokens. Returns one result per sampled sequence."""
         images = self._encode_missing(batch)
-        input_ids, positions, meta, visual, logits_rows, sample_seqs = self._prepare(batch, images)
+        input_ids, positions, meta, visual, logits_rows, sample_seqs, captures = self._prepare(batch, images)
         t0 = time.perf_counter()
         visual_index, visual_embeds, deepstack = visual if visual is not None else (None, None, None)
         hidden = self.model(input_ids, positions, self.kv_caches, meta, visual_index, visual_embeds, deepstack)
+        for seq, cap in captures:
+            seq.probe_scores = cap.scores if seq.probe_scores is None else seq.probe_scores + cap.scores
         results = []
         if sample_seqs:
             logits = self.model.compute_logits(hidden[logits_rows])

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import time
+
+import torch
 from dataclasses import dataclass, field
 
 from engine.agent_prompts import AgentPrompts, PromptBuilder
@@ -32,6 +34,7 @@ class Stage:
     max_tokens: int
     stop: list[str] | None = None
     record_stats: bool = False
+    probe: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -128,7 +131,8 @@ class MultiAgent:
                 params = SamplingParams(temperature=0, max_tokens=stage.max_tokens, stop=stage.stop)
                 try:
                     engine.add_request({"prompt_token_ids": stage.prompt_ids, "images": stage.images}, params,
-                                       request_id=rid, record_stats=stage.record_stats)
+                                       request_id=rid, record_stats=stage.record_stats,
+                                       attention_probe=stage.probe)
                 except BatonError as e:
                     for other in waiting[i]:
                         self.engines[stages.pop(other)[1].model].abort(other)
@@ -165,7 +169,8 @@ class MultiAgent:
             return
         if mode in ("small-reason", "large-reason"):
             model = mode.split("-")[0]
-            result.answer = (yield from self._reason_then_answer(model, messages))[1]
+            *_, answer = yield from self._reason_then_answer(model, messages)
+            result.answer = answer.text.strip()
             return
         if mode == "transfer":
             yield from self._transfer(messages, selector, budget, result, None)
@@ -183,27 +188,45 @@ class MultiAgent:
         result.mode = "auto:transfer"
         yield from self._transfer(messages, selector, budget, result, (l_ids, l_images))
 
-    def _reason_then_answer(self, model, messages, record_stats=False):
+    def _reason_then_answer(self, model, messages, record_stats=False, answer=True):
+        """Stages: reason (stopped at the end of thought), then, if asked, a brief answer over the
+        reasoning prompt + reasoning (a prefix-cache hit). Returns (reasoning output, its ids
+        without the stop marker, reasoning prompt ids, answer output or None)."""
         b = self.builders[model]
         ids, images = b.reason(messages)
         stop = [self.prompts.think_close.strip()] if self.prompts.think_close.strip() else None
         (reasoning,) = yield [Stage(f"{model}-reason", model, ids, images, self.reason_max_tokens, stop,
                                     record_stats)]
         reasoning_ids = _strip_stop(reasoning, b, self.engines[model].eos_token_ids)
-        (answer,) = yield [Stage(f"{model}-answer", model, b.after_reasoning(ids, reasoning_ids), images,
-                                 self.brief_max_tokens)]
-        return reasoning, answer.text.strip(), reasoning_ids
+        out = None
+        if answer:
+            (out,) = yield [Stage(f"{model}-answer", model, b.after_reasoning(ids, reasoning_ids), images,
+                                  self.brief_max_tokens)]
+        return reasoning, reasoning_ids, ids, out
+
+    def _attention_scores(self, reason_ids, reasoning_ids, answer, images):
+        """Stage: the small model re-reads [reasoning prompt + reasoning + answer]; the probe sums
+        its last layer's attention from the answer tokens onto the reasoning tokens."""
+        b = self.builders["small"]
+        answer_prompt = b.after_reasoning(reason_ids, reasoning_ids)
+        ids = answer_prompt + list(answer.token_ids)
+        probe = (len(answer_prompt), len(reason_ids), len(reason_ids) + len(reasoning_ids))
+        if not answer.token_ids or probe[1] == probe[2]:
+            return torch.zeros(len(reasoning_ids))
+        (out,) = yield [Stage("small-attention", "small", ids, images, 1, probe=probe)]
+        return out.attention_scores
 
     def _transfer(self, messages, selector, budget, result, large_brief):
         small_b, large_b = self.builders["small"], self.builders["large"]
-        ids, images = small_b.reason(messages)
-        stop = [self.prompts.think_close.strip()] if self.prompts.think_close.strip() else None
-        (reasoning,) = yield [Stage("small-reason", "small", ids, images, self.reason_max_tokens, stop,
-                                    record_stats=selector == "entropy")]
-        reasoning_ids = _strip_stop(reasoning, small_b, self.engines["small"].eos_token_ids)
+        reasoning, reasoning_ids, reason_ids, answer = yield from self._reason_then_answer(
+            "small", messages, record_stats=selector == "entropy", answer=selector == "attention")
+        attention = None
+        if selector == "attention":
+            _, images = small_b.reason(messages)
+            attention = yield from self._attention_scores(reason_ids, reasoning_ids, answer, images)
         tok = small_b.processor.tokenizer
         pieces = [tok.decode([t]) for t in reasoning_ids]
-        keep = select(selector, len(reasoning_ids), budget, stats=reasoning.token_stats,
+        keep = select(selector, len(reasoning_ids), budget, stats=reasoning.token_stats, attention=attention,
                       segments=segment_ids(pieces, self.segments))
         selected = [reasoning_ids[i] for i in keep]
         result.transferred_text = "".join(pieces[i] for i in keep)

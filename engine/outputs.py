@@ -40,6 +40,8 @@ class RequestOutput:
     num_vision_encoder_calls: int = 0
     # with add_request(record_stats=True): per generated token, {"entropy", "max_prob", "margin", "logprob"}
     token_stats: dict[str, list[float]] | None = None
+    # with add_request(attention_probe=...): float32 [key_end - key_start] attention mass
+    attention_scores: "torch.Tensor | None" = None
 
     @property
     def finished(self) -> bool:

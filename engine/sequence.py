@@ -35,7 +35,7 @@ class Sequence:
     have their K/V in the cache (prefix-cache hits included)."""
 
     def __init__(self, request_id: str, processed, params: SamplingParams, block_size: int,
-                 record_stats: bool = False):
+                 record_stats: bool = False, attention_probe: tuple[int, int, int] | None = None):
         self.request_id = request_id
         self.token_ids: list[int] = list(processed.token_ids)
         self.num_prompt_tokens = len(self.token_ids)
@@ -57,6 +57,12 @@ class Sequence:
         self.output_text = ""
         # per generated token (entropy, max_prob, margin, logprob), when the caller asked
         self.token_stats: list[tuple[float, float, float, float]] | None = [] if record_stats else None
+        # (query_start, key_start, key_end): sum the last layer's attention of prompt tokens
+        # [query_start, end) onto keys [key_start, key_end); those queries are never served
+        # from the prefix cache, since their attention has to be computed
+        self.attention_probe = attention_probe
+        self.probe_scores = None
+        self.max_prefix_tokens = attention_probe[0] if attention_probe else None
         self.vision_encoder_calls = 0
         self.metrics = RequestMetrics(arrival_time=time.perf_counter())
         self.generator: torch.Generator | None = None  # created by the sampler on first use (seeded)

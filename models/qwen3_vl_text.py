@@ -25,7 +25,7 @@ class RMSNorm(nn.Module):
 
 
 class TextAttention(nn.Module):
-    def __init__(self, cfg: TextConfig, ops):
+    def __init__(self, cfg: TextConfig, ops, layer_idx: int):
         super().__init__()
         self.num_heads = cfg.num_attention_heads
         self.num_kv_heads = cfg.num_key_value_heads
@@ -36,7 +36,7 @@ class TextAttention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.attention_bias)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, ops)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, ops)
-        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, ops)
+        self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, ops, layer_idx)
         self.ops = ops
 
     def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata):
@@ -62,9 +62,9 @@ class TextMLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: TextConfig, ops):
+    def __init__(self, cfg: TextConfig, ops, layer_idx: int):
         super().__init__()
-        self.self_attn = TextAttention(cfg, ops)
+        self.self_attn = TextAttention(cfg, ops, layer_idx)
         self.mlp = TextMLP(cfg, ops)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
@@ -87,7 +87,7 @@ class TextDecoder(nn.Module):
         self.cfg = cfg
         self.ops = ops
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, ops) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, ops, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
         # a plain CPU tensor, not a buffer: the model may be built on the meta device
         self.inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta)

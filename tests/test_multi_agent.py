@@ -54,7 +54,7 @@ def test_auto_transfers_on_disagreement_and_large_reuses_its_prompt(team):
     assert final.prompt_tokens > brief.prompt_tokens + len(res.transferred_token_ids) - 1
 
 
-@pytest.mark.parametrize("selector,budget", [("truncate", 5), ("entropy", 6), ("entropy", 0.25)])
+@pytest.mark.parametrize("selector,budget", [("truncate", 5), ("entropy", 6), ("entropy", 0.25), ("attention", 4)])
 def test_selection_respects_budget_and_order(team, selector, budget):
     res = team.run(question(3), mode="transfer", selector=selector, budget=budget)
     reason = next(s for s in res.stages if s.name == "small-reason")
@@ -66,6 +66,10 @@ def test_selection_respects_budget_and_order(team, selector, budget):
     assert all(t in it for t in res.transferred_token_ids)
     if selector == "truncate":
         assert res.transferred_token_ids == full[:budget]
+    if selector == "attention":
+        probe = next(s for s in res.stages if s.name == "small-attention")
+        answer = next(s for s in res.stages if s.name == "small-answer")
+        assert probe.cached_tokens >= answer.prompt_tokens - 2 * team.engines["small"].block_size
 
 
 def test_reason_modes_answer_after_reasoning_with_prefix_reuse(team):

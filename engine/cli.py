@@ -24,6 +24,35 @@ def _cmd_chat(args) -> int:
     return 0
 
 
+def _cmd_run(args) -> int:
+    from engine import MultiAgent
+    from engine.demo import print_cache_figures, print_stages
+
+    common = dict(device=args.device, dtype=args.dtype, attention_backend=args.attention_backend)
+    team = MultiAgent(args.small, args.large, reason_max_tokens=args.reason_max_tokens,
+                      brief_max_tokens=args.brief_max_tokens, selector=args.selector, budget=args.budget,
+                      segments=args.segments, kv_cache_bytes=args.kv_cache_bytes, **common)
+    content = [{"type": "image", "image": path} for path in args.image or []]
+    content.append({"type": "text", "text": args.question})
+    res = team.run([{"role": "user", "content": content}], mode=args.mode)
+    print(f"answer: {res.answer}")
+    print(f"path  : {res.mode}  ({res.seconds * 1e3:.0f} ms)")
+    if res.transferred_token_ids:
+        print(f"transferred {len(res.transferred_token_ids)} tokens: {res.transferred_text!r}")
+    print_stages(res)
+    for name, eng in team.engines.items():
+        print_cache_figures(name, eng)
+    if args.trace:
+        MultiAgent.export_trace([res], args.trace)
+        print(f"trace : {args.trace} (open in chrome://tracing or ui.perfetto.dev)")
+    return 0
+
+
+def _budget(text: str):
+    value = float(text)
+    return int(value) if value >= 1 and value == int(value) else value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="baton", description="Baton: a two-model VLM inference engine.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -44,6 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--dtype", default="auto")
     chat.add_argument("--attention-backend", default="auto")
     chat.set_defaults(func=_cmd_chat)
+
+    run = sub.add_parser("run", help="multi-agent inference with a small and a large checkpoint")
+    run.add_argument("--small", required=True, help="small model checkpoint directory")
+    run.add_argument("--large", required=True, help="large model checkpoint directory")
+    run.add_argument("--image", action="append", help="image path (repeatable)")
+    run.add_argument("--question", required=True)
+    run.add_argument("--mode", default="auto",
+                     choices=["small", "large", "small-reason", "large-reason", "transfer", "auto"])
+    run.add_argument("--selector", default="full", choices=["full", "truncate", "entropy", "attention"])
+    run.add_argument("--budget", type=_budget, default=None, help="tokens (int) or fraction of the reasoning")
+    run.add_argument("--segments", default="none", choices=["none", "word", "step"])
+    run.add_argument("--reason-max-tokens", type=int, default=512)
+    run.add_argument("--brief-max-tokens", type=int, default=16)
+    run.add_argument("--kv-cache-bytes", type=int, default=None, help="one KV budget split between the models")
+    run.add_argument("--trace", default=None, help="write a Chrome/Perfetto trace JSON here")
+    run.add_argument("--device", default="auto")
+    run.add_argument("--dtype", default="auto")
+    run.add_argument("--attention-backend", default="auto")
+    run.set_defaults(func=_cmd_run)
     return parser
 
 

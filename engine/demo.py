@@ -44,30 +44,56 @@ def print_output(title: str, out) -> None:
     print(f"TTFT / e2e  : {_fmt_ms(m.ttft)} / {_fmt_ms(m.e2e)}")
 
 
+def print_stages(res) -> None:
+    """One line per stage of a MultiAgent result."""
+    print(f"  {'stage':<16}{'model':<7}{'prompt':>7}{'cached':>8}{'output':>8}{'vision':>8}{'seconds':>9}")
+    for st in res.stages:
+        print(f"  {st.name:<16}{st.model:<7}{st.prompt_tokens:>7}{st.cached_tokens:>8}{st.output_tokens:>8}"
+              f"{st.vision_encoder_calls:>8}{st.seconds:>9.3f}")
+
+
+def print_cache_figures(name: str, llm) -> None:
+    s = llm.stats()
+    print(f"{name:<6}: prefix cache hit {s['prefix_cache_hit_tokens']}/{s['prefix_cache_queried_tokens']} "
+          f"prompt tokens, encoder cache hits {s['encoder_cache_hits']}, vision encoder calls "
+          f"{s['vision_encoder_calls']}, KV blocks free {s['kv_blocks_free']}/{s['kv_blocks_total']}")
+
+
+DEMO_MODES = ("small", "large", "small-reason", "large-reason", "transfer", "auto")
+
+
 def run_demo(cache_dir: str | None = None, max_tokens: int = 24) -> None:
-    from engine import LLM, SamplingParams
+    from engine import MultiAgent, SamplingParams
     from models.synthetic import ensure_checkpoint
 
-    print("Baton demo: synthetic random-weight Qwen3-VL checkpoints (answers are meaningless;")
-    print("the mechanics and timings are real).")
+    print("Baton demo: synthetic random-weight Qwen3-VL pair (same tokenizer, different sizes).")
+    print("The weights are random, so the answers are meaningless; the mechanics and timings are real.")
     t0 = time.perf_counter()
     small = ensure_checkpoint(DEMO_SMALL, cache_dir)
     large = ensure_checkpoint(DEMO_LARGE, cache_dir)
     print(f"checkpoints : {small}\n              {large}  ({time.perf_counter() - t0:.1f} s)")
+    t0 = time.perf_counter()
+    team = MultiAgent(str(small), str(large), kv_cache_bytes=256 << 20, reason_max_tokens=48,
+                      brief_max_tokens=8, selector="entropy", budget=0.5)
+    print(f"engines     : loaded in {time.perf_counter() - t0:.2f} s")
     image = make_demo_image()
     messages = [{"role": "user", "content": [
         {"type": "image", "image": image},
-        {"type": "text", "text": "What is in this picture? Answer briefly."},
+        {"type": "text", "text": "Which colour covers most of the picture?"},
     ]}]
+
+    # One engine on its own: LLM.chat, cold then repeated (prefix + encoder cache).
+    llm = team.engines["large"]
     params = SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True)
-    for name, path in (("small", small), ("large", large)):
-        t0 = time.perf_counter()
-        llm = LLM(str(path))
-        print(f"\n[{name}] loaded in {time.perf_counter() - t0:.2f} s "
-              f"({llm.device}, {str(llm.dtype).replace('torch.', '')}, backend {llm.backend})")
-        print_output(f"{name}: cold", llm.chat(messages, params)[0])
-        print_output(f"{name}: same request again (prefix + encoder cache)", llm.chat(messages, params)[0])
-        s = llm.stats()
-        print(f"cache       : prefix hit {s['prefix_cache_hit_tokens']}/{s['prefix_cache_queried_tokens']} tokens, "
-              f"encoder hits {s['encoder_cache_hits']}, vision encoder calls {s['vision_encoder_calls']}, "
-              f"KV blocks free {s['kv_blocks_free']}/{s['kv_blocks_total']}")
+    print_output("large model, LLM.chat, cold", llm.chat(messages, params)[0])
+    print_output("large model, same request again", llm.chat(messages, params)[0])
+
+    for mode in DEMO_MODES:
+        res = team.run(messages, mode=mode)
+        print(f"\n=== mode {mode}: path {res.mode}, {res.seconds * 1e3:.0f} ms, answer {res.answer!r}")
+        if res.transferred_token_ids:
+            print(f"  transferred {len(res.transferred_token_ids)} reasoning tokens (entropy selector, budget 50%)")
+        print_stages(res)
+    print()
+    for name, eng in team.engines.items():
+        print_cache_figures(name, eng)

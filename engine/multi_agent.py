@@ -55,9 +55,11 @@ class MultiAgentResult:
 class MultiAgent:
     def __init__(self, small, large, *, prompts: AgentPrompts | None = None, brief_max_tokens: int = 16,
                  reason_max_tokens: int = 256, selector: str = "full", budget=None, segments: str = "none",
-                 kv_cache_bytes: int | None = None, **llm_kwargs):
+                 kv_cache_bytes: int | None = None, exact_lengths: bool = False, **llm_kwargs):
         """small / large: an LLM or a checkpoint path. With paths, one KV budget
-        (kv_cache_bytes) is split so both pools hold the same number of tokens."""
+        (kv_cache_bytes) is split so both pools hold the same number of tokens.
+        exact_lengths: every stage generates exactly its max tokens (no EOS or stop string),
+        so benchmarks compare equal work."""
         if isinstance(small, LLM) != isinstance(large, LLM):
             raise ValueError("pass both models as LLM instances or both as paths")
         if not isinstance(small, LLM):
@@ -68,6 +70,7 @@ class MultiAgent:
         self.brief_max_tokens = brief_max_tokens
         self.reason_max_tokens = reason_max_tokens
         self.selector, self.budget, self.segments = selector, budget, segments
+        self.exact_lengths = exact_lengths
         self.shared_vocab = _same_tokenizer(small.processor.tokenizer, large.processor.tokenizer)
         self._ids = itertools.count()
 
@@ -128,7 +131,9 @@ class MultiAgent:
             for stage in wanted:
                 rid = f"ma-{next(self._ids)}-{stage.name}"
                 engine = self.engines[stage.model]
-                params = SamplingParams(temperature=0, max_tokens=stage.max_tokens, stop=stage.stop)
+                params = SamplingParams(temperature=0, max_tokens=stage.max_tokens,
+                                        stop=None if self.exact_lengths else stage.stop,
+                                        ignore_eos=self.exact_lengths)
                 try:
                     engine.add_request({"prompt_token_ids": stage.prompt_ids, "images": stage.images}, params,
                                        request_id=rid, record_stats=stage.record_stats,
@@ -254,7 +259,7 @@ def _record(stage: Stage, out: RequestOutput, start: float, end: float) -> Stage
         name=stage.name, model=stage.model, prompt_tokens=len(out.prompt_token_ids),
         cached_tokens=out.num_cached_tokens, output_tokens=len(out.token_ids), seconds=end - start,
         vision_encoder_calls=out.num_vision_encoder_calls, start=start, end=end, text=out.text,
-        ttft=out.metrics.ttft,
+        ttft=out.metrics.ttft, decode_seconds=out.metrics.decode_time, prompt_token_ids=out.prompt_token_ids,
     )
 
 

@@ -17,6 +17,8 @@ class StageRecord:
     end: float
     text: str = ""
     ttft: float | None = None
+    decode_seconds: float = 0.0
+    prompt_token_ids: list[int] | None = None
 
 
 def chrome_trace(results, first_pid: int = 0) -> dict:

@@ -58,7 +58,7 @@ class _Summary:
         tr = terminalreporter
         tr.section("scoring ops: native vs torch")
         tr.write_line(f"threads: {torch.get_num_threads()}, logits rows: {ROWS}, vocab: {VOCAB}")
-        header = f"{'op':<34}{'native s':>10}{'torch s':>10}{'speed-up':>10}{'native MiB':>12}{'torch MiB':>11}"
+        header = f"{'op':<38}{'native ms':>11}{'torch ms':>11}{'speed-up':>10}{'native MiB':>12}{'torch MiB':>11}"
         tr.write_line(header)
         for group in sorted({g for g, _ in _RESULTS}):
             native = _RESULTS.get((group, "native"), {})
@@ -69,9 +69,14 @@ class _Summary:
                 else "n/a"
             )
             tr.write_line(
-                f"{group:<34}{_fmt(native.get('seconds'), '.4f'):>10}{_fmt(ref.get('seconds'), '.4f'):>10}"
-                f"{ratio:>10}{_fmt(native.get('peak_mib'), '.1f'):>12}{_fmt(ref.get('peak_mib'), '.1f'):>11}"
+                f"{group:<38}{_fmt(_ms(native), '.3f'):>11}{_fmt(_ms(ref), '.3f'):>11}{ratio:>10}"
+                f"{_fmt(native.get('peak_mib'), '.2f'):>12}{_fmt(ref.get('peak_mib'), '.2f'):>11}"
             )
+        tr.write_line("times: minimum over rounds; MiB: peak resident memory above the start of one call")
+
+
+def _ms(result):
+    return None if result.get("seconds") is None else result["seconds"] * 1e3
 
 
 def _fmt(value, spec):

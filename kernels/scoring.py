@@ -171,7 +171,7 @@ def token_stats_reference(
     """
     logp = torch.log_softmax(logits.to(dtype), dim=-1)
     p = logp.exp()
-    entropy = -torch.where(p > 0, p * logp, torch.zeros((), dtype=dtype)).sum(-1)
+    entropy = -torch.where(p == 0, torch.zeros((), dtype=dtype), p * logp).sum(-1)  # NaN stays
     top = p.topk(min(2, p.shape[-1]), dim=-1).values
     second = top[:, 1] if top.shape[-1] > 1 else torch.zeros_like(top[:, 0])
     logprob = logp.gather(-1, token_ids.view(-1, 1)).squeeze(-1)

@@ -11,8 +11,10 @@ checkpoint is reproducible whatever the shard layout or dtype. Scales are chosen
 decoding is neither flat nor stuck on one token: matrices ~ N(0, 1/fan_in); token embeddings
 and the LM head ~ N(0, (LOGIT_STD^2)/hidden), so logits have std ~LOGIT_STD; the projections
 that write into the residual stream are scaled so the stream grows to ~RESIDUAL_STD per
-element, which keeps a tied head from mostly predicting the input token again; norm weights
-~ 1 + N(0, 0.1^2); biases ~ N(0, 0.02^2).
+element, which keeps a tied head from mostly predicting the input token again; the text
+attention's q/k norm weights ~ QK_NORM_SCALE * (1 + N(0, 0.1^2)), so attention is sharp
+rather than a near-uniform average (which makes deep random stacks loop on a few tokens);
+other norm weights ~ 1 + N(0, 0.1^2); biases ~ N(0, 0.02^2).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import torch
 
 from models import tokenizer_builder
 
-GENERATOR_VERSION = 1  # bump when weights / files for the same preset change
+GENERATOR_VERSION = 2  # bump when weights / files for the same preset change
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -250,6 +252,7 @@ def _padded_vocab(n: int, multiple: int = 64) -> int:
 
 LOGIT_STD = 2.5
 RESIDUAL_STD = 8.0
+QK_NORM_SCALE = 2.0
 
 
 def _init_tensor(name: str, shape: tuple[int, ...], seed: int, hf_config: dict) -> torch.Tensor:
@@ -257,6 +260,8 @@ def _init_tensor(name: str, shape: tuple[int, ...], seed: int, hf_config: dict) 
     gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
     noise = torch.randn(shape, generator=gen, dtype=torch.float32)
     leaf = name.rsplit(".", 1)[-1]
+    if name.endswith(("q_norm.weight", "k_norm.weight")):
+        return QK_NORM_SCALE * (1.0 + 0.1 * noise)
     if len(shape) == 1 and leaf == "weight":  # RMSNorm / LayerNorm scales
         return 1.0 + 0.1 * noise
     if leaf == "bias":

@@ -95,7 +95,7 @@ def test_greedy_decoding_is_not_degenerate(tiny):
     tok = AutoTokenizer.from_pretrained(tiny)
     ids = tok("Question: How many cats are in the picture? Answer:", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
-    assert len(set(out[0, ids.shape[1]:].tolist())) >= 10
+    assert len(set(out[0, ids.shape[1]:].tolist())) >= 16
 
 
 def test_same_seed_same_weights_other_seed_other_weights(tmp_path):

@@ -86,7 +86,9 @@ def test_weights_are_non_trivial(tiny):
     for name, t in _read_safetensors(tiny).items():
         assert torch.isfinite(t).all(), name
         assert t.float().std() > 1e-3, f"{name} is (nearly) constant"
-        if t.dim() == 1 and name.endswith(".weight"):  # norm scales sit near 1
+        if name.endswith(("q_norm.weight", "k_norm.weight")):  # sharpened attention
+            assert 1.5 < t.float().mean() < 2.5, name
+        elif t.dim() == 1 and name.endswith(".weight"):  # other norm scales sit near 1
             assert 0.5 < t.float().mean() < 1.5, name
 
 

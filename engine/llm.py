@@ -119,6 +119,8 @@ class LLM:
         if num_blocks < 1:
             raise ValueError(f"kv_cache_bytes={kv_cache_bytes} is smaller than one KV block ({per_block} bytes)")
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
+        # a sequence never outgrows the pool, so one running alone can always proceed
+        self.max_seq_len = min(self.max_model_len, num_blocks * block_size)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.encoder_cache = EncoderCache(encoder_cache_bytes)
         self.runner = ModelRunner(self.model, num_blocks, block_size, self.dtype, self.device, self.encoder_cache)
@@ -261,7 +263,7 @@ class LLM:
                 if cut != -1:
                     seq.output_text = text[:cut]
                     return "stop"
-        if seq.num_output_tokens >= p.max_tokens or len(seq) >= self.max_model_len:
+        if seq.num_output_tokens >= p.max_tokens or len(seq) >= self.max_seq_len:
             return "length"
         return None
 

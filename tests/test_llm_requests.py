@@ -128,3 +128,17 @@ def test_checkpoint_errors_name_the_problem(tmp_path, tiny_checkpoint):
     (broken / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="unsupported model_type"):
         LLM(str(broken), device="cpu")
+
+
+def test_pool_too_small_is_a_clear_error(tiny_llm_factory):
+    with pytest.raises(ValueError, match="kv_cache_bytes"):
+        tiny_llm_factory(kv_cache_bytes=1)
+
+
+def test_sequence_that_would_outgrow_the_pool_stops_with_length(tiny_llm_factory, llm):
+    per_block = llm.runner.kv_cache[:, :, 0].numel() * llm.runner.kv_cache.element_size()
+    tight = tiny_llm_factory(kv_cache_bytes=3 * per_block)  # 48 tokens in all
+    out = tight.generate(chat_prompt("hi"), SamplingParams(temperature=0, max_tokens=200, ignore_eos=True))[0]
+    assert out.finish_reason == "length"
+    assert len(out.prompt_token_ids) + len(out.token_ids) == 3 * tight.block_size
+    assert_pool_clean(tight)

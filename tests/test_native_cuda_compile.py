@@ -45,30 +45,63 @@ def _torch_flags():
     return flags
 
 
-def _compile(source: Path, out_dir: Path, extra):
-    cmd = [NVCC, "-c", str(source), "-o", str(out_dir / (source.name + ".o")), "-std=c++20",
-           "-DBATON_WITH_CUDA=1", "-Xcompiler", "-fPIC", *extra]
+def _compile(source: Path, out_dir: Path):
+    if source.suffix == ".cu":
+        # The flags setup.py's CUDAExtension gets from torch, plus its own nvcc flags.
+        extra = list(cpp_extension.COMMON_NVCC_FLAGS)
+        extra += ["-O3", "--use_fast_math", f"-arch={ARCH}", f"-I{CSRC}"]
+    else:
+        extra = _torch_flags() + ["-DTORCH_EXTENSION_NAME=_native", "-O0"]
+    obj = out_dir / (source.name + ".o")
+    cmd = [NVCC, "-c", str(source), "-o", str(obj), "-std=c++20", "-DBATON_WITH_CUDA=1",
+           "-Xcompiler", "-fPIC", *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    return source.name, proc.returncode, " ".join(cmd) + "\n" + proc.stdout + proc.stderr
+    return proc.returncode, obj, " ".join(cmd) + "\n" + proc.stdout + proc.stderr
 
 
-def _compile_all(sources, tmp_path, extra):
-    assert sources, "nothing to compile"
+# The kernels (.cu) and the sources that only CUDA builds compile: the tensor-facing glue and
+# the bindings' CUDA dispatch.
+KERNELS = sorted(CSRC.glob("*.cu"))
+HOST = [CSRC / "scoring_cuda.cpp", CSRC / "bindings.cpp"]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out_dir = tmp_path_factory.mktemp("cuda_objects")
+    sources = KERNELS + HOST
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        results = list(pool.map(lambda s: _compile(s, tmp_path, extra), sources))
-    failed = [f"{name} (exit {rc}):\n{log}" for name, rc, log in results if rc != 0]
+        results = pool.map(lambda s: _compile(s, out_dir), sources)
+        return dict(zip(sources, results))
+
+
+def _assert_compiled(compiled, sources):
+    assert sources, "nothing to compile"
+    failed = [f"{s.name} (exit {rc}):\n{log}" for s in sources for rc, _, log in [compiled[s]] if rc]
     assert not failed, "\n\n".join(failed)
     for source in sources:
-        assert (tmp_path / (source.name + ".o")).stat().st_size > 0
+        assert compiled[source][1].stat().st_size > 0, source.name
 
 
-def test_cuda_kernels_compile_with_nvcc(tmp_path):
-    # The flags setup.py's CUDAExtension gets from torch plus its own nvcc flags.
-    flags = list(cpp_extension.COMMON_NVCC_FLAGS) + ["-O3", "--use_fast_math", f"-arch={ARCH}"]
-    _compile_all(sorted(CSRC.glob("*.cu")), tmp_path, flags + [f"-I{CSRC}"])
+def test_cuda_kernels_compile_with_nvcc(compiled):
+    _assert_compiled(compiled, KERNELS)
 
 
-def test_cuda_host_sources_compile(tmp_path):
-    # The tensor-facing CUDA glue and the bindings' CUDA dispatch exist only in CUDA builds.
-    sources = [CSRC / "scoring_cuda.cpp", CSRC / "bindings.cpp"]
-    _compile_all(sources, tmp_path, _torch_flags() + ["-DTORCH_EXTENSION_NAME=_native", "-O0"])
+def test_cuda_host_sources_compile(compiled):
+    _assert_compiled(compiled, HOST)
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
+def test_every_launcher_the_glue_calls_is_defined_by_a_kernel_file(compiled):
+    # Catches a declaration in scoring_cuda.h drifting from its definition, which would
+    # otherwise only show up when a CUDA build links.
+    _assert_compiled(compiled, KERNELS + HOST)
+
+    def symbols(obj, kind):
+        # Mangled names: one token per line, argument types included.
+        out = subprocess.run(["nm", kind, str(obj)], capture_output=True, text=True, check=True)
+        return {line.split()[-1] for line in out.stdout.splitlines() if "N5baton4cuda" in line}
+
+    needed = symbols(compiled[CSRC / "scoring_cuda.cpp"][1], "--undefined-only")
+    defined = set().union(*(symbols(compiled[k][1], "--defined-only") for k in KERNELS))
+    assert len(needed) >= 4, needed  # stats, attention, top tokens, segments
+    assert needed <= defined, sorted(needed - defined)

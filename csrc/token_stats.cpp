@@ -40,9 +40,9 @@ constexpr int kStep = 2 * kWidth;       // floats per loop iteration (two accumu
 constexpr int64_t kBlock = 2048;        // 8 KiB of float32: a block stays in L1 between passes
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-// Differences x - M are clamped here before exp; exp() of anything below about -87.3 is
-// flushed to exactly 0 (< 2^-126, while the row maximum contributes exp(0) = 1), which also
-// keeps -inf logits from producing 0 * -inf = NaN in S.
+// Differences x - M are clamped here before exp, and exp() below about -87.7 is flushed to
+// exactly 0 (it would be < 2^-126 next to the row maximum's exp(0) = 1); together they keep
+// -inf logits from producing 0 * -inf = NaN in S.
 constexpr float kClamp = -104.0f;
 
 typedef float vfloat __attribute__((vector_size(kWidth * sizeof(float))));
@@ -177,7 +177,7 @@ BATON_INLINE void row_stats(Fill fill, int64_t V, float target, int64_t r, float
   for (int h = 0; h < 2; ++h) {
     L.top1[h] = splat(-kInf);
     L.top2[h] = splat(-kInf);
-    L.bad[h] = vint{} ;
+    L.bad[h] = vint{};
   }
   float m = -kInf;  // shift of the running sums
   double z = 0.0, s = 0.0;

@@ -69,7 +69,7 @@ def attention_scores(attn: torch.Tensor, reduce: str = "sum") -> torch.Tensor:
 
     attn: attention probabilities (or per-head scores) of H heads and Q queries over K keys,
     float32, float64, bfloat16 or float16; H * Q > 0. reduce: "sum" (accumulated in float64
-    on CPU) or "max". NaN propagates.
+    on CPU, float32 on CUDA) or "max". NaN propagates; -inf (a masked score) is a value.
     """
     _check_tensor(attn, "attn")
     if attn.dim() != 3:

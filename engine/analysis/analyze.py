@@ -63,20 +63,21 @@ class AnalysisOptions:
 
 def quick_options(out_dir, **kw) -> AnalysisOptions:
     """A few minutes on the 2-core development CPU: two scaled-down sizes (1 text layer,
-    1 vision block, real widths and vocabulary), one warm-up request, 3 timed rounds."""
-    plan = SweepPlan(visual_tokens=[64, 144, 256], prefill_lengths=[256, 384, 640],
-                     decode_contexts=[64, 512, 1536], decode_batches=[1], decode_steps=6,
-                     e2e=[(64, 200, 8)], warmup=0, repeats=3, max_point_seconds=60)
+    1 vision block, real widths and vocabulary), two sizes per component, 3 timed rounds."""
+    plan = SweepPlan(visual_tokens=[256, 576], prefill_lengths=[512, 1024], decode_contexts=[64, 1536],
+                     decode_batches=[1], decode_steps=6, e2e=[(256, 240, 8)], warmup=0, repeats=3,
+                     max_point_seconds=60)
     models = [parse_variant("2b:L1/V1"), parse_variant("4b:L1/V1")]
     return AnalysisOptions(Path(out_dir), models, plan, label="quick", **kw)
 
 
 def full_options(out_dir, **kw) -> AnalysisOptions:
-    """The full CPU sweep: the real 2B, scaled 4B / 8B (4 text layers, 4 vision blocks), batch 1-4."""
+    """The full CPU sweep: the real 2B and 4B (skipped if it does not fit), scaled 4B and 8B
+    (4 text layers, 4 vision blocks); points predicted to exceed 5 minutes a run are skipped."""
     plan = SweepPlan(visual_tokens=[64, 256, 576, 1024], prefill_lengths=[256, 512, 1024, 2048],
-                     decode_contexts=[128, 512, 1024, 2048], decode_batches=[1, 4], decode_steps=8,
-                     e2e=[(256, 64, 16), (1024, 64, 64)], warmup=1, repeats=3, max_point_seconds=300)
-    models = [parse_variant("2b"), parse_variant("4b:L4/V4"), parse_variant("8b:L4/V4")]
+                     decode_contexts=[256, 1024, 2048], decode_batches=[1, 2], decode_steps=8,
+                     e2e=[(256, 64, 16)], warmup=1, repeats=3, max_point_seconds=150)
+    models = [parse_variant(m) for m in ("2b", "4b", "4b:L4/V4", "8b:L4/V4")]
     return AnalysisOptions(Path(out_dir), models, plan, label="full", **kw)
 
 
@@ -221,7 +222,8 @@ def run_analysis(opts: AnalysisOptions) -> AnalysisResult:
         slug = d.split(" ")[0]
         preds = list(device_preds[d].values())
         plots.latency_vs_output(path(f"latency_vs_output_tokens_{slug}.png"), d, preds, cross, opts.visual_tokens,
-                                opts.text_tokens, opts.max_output, mark_small_tokens=[256, 1024])
+                                opts.text_tokens, opts.max_output, mark_small_tokens=[256, 1024],
+                                memory_bytes=devices[d][2])
         plots.component_bars(path(f"components_{slug}.png"), d, preds, opts.visual_tokens, opts.text_tokens,
                              [16, 1024])
         agree = np.linspace(0, 1, 21)
@@ -314,7 +316,7 @@ def _readme(opts, points, summary, other_summary, tm, other_tm, preset, min_rows
     if min_rows:
         lines += [
             f"Excluded points: matrix products with 1 < rows < {min_rows} (decode at batch > 1, prefill of fewer "
-            f"than {min_rows} tokens, images of fewer patches). On this CPU, MKL runs such GEMMs far below both "
+            f"than {min_rows} tokens, images of fewer visual tokens). On this CPU, MKL runs such GEMMs far below both "
             "the GEMV bandwidth and the large-GEMM rate (about 3 GFLOP/s at 4 rows), so a batch of B decodes "
             "costs about B times one decode instead of sharing the weight reads. They are measured and listed "
             "with their error below, but the two-constant model is not meant to describe them.",

@@ -17,33 +17,38 @@ COMPONENT_COLOURS = {"vision": "#4C72B0", "prefill": "#DD8452", "decode": "#55A8
 
 
 def latency_vs_output(path: Path, device: str, predictors: list[LatencyPredictor], crossovers: list[Crossover],
-                      visual_tokens: int, text_tokens: int, max_output: int, mark_small_tokens: list[int]) -> None:
-    """End-to-end latency against output length per model size, log-log; each marked crossover
-    joins the small model at n_s tokens to the large model at the largest n_l that is still faster."""
+                      visual_tokens: int, text_tokens: int, max_output: int, mark_small_tokens: list[int],
+                      memory_bytes: float | None = None) -> None:
+    """End-to-end latency against output length per model size, log-log. Crossovers of the
+    smallest model are marked: a dotted line joins it at n_s tokens to each larger model at the
+    largest n_l that is still faster."""
     fig, ax = plt.subplots(figsize=(8, 5.5))
     n = np.arange(1, max_output + 1)
-    curves = {}
     for p in predictors:
-        curve = p.request_curve(visual_tokens, text_tokens, max_output)[1:]
-        curves[p.name] = curve
-        ax.plot(n, curve, label=p.name, lw=2)
+        label = p.name
+        if memory_bytes is not None and not p.fits(memory_bytes):
+            label += " (does not fit in memory)"
+        ax.plot(n, p.request_curve(visual_tokens, text_tokens, max_output)[1:], label=label, lw=2)
+    smallest = predictors[0].name
     for r in crossovers:
-        if r.device != device or r.small_tokens not in mark_small_tokens or r.large_tokens is None or r.capped:
-            continue
-        if r.large_tokens > max_output:
+        if (r.device != device or r.small != smallest or r.small_tokens not in mark_small_tokens
+                or r.large_tokens is None or r.capped or r.large_tokens > max_output):
             continue
         y = r.small_seconds
         ax.plot([r.large_tokens, r.small_tokens], [y, y], ls=":", c="grey", lw=1)
         ax.plot(r.large_tokens, y, "o", c="black", ms=4)
-        ax.annotate(f"{r.large.split('-')[-1]} {r.large_tokens} tok = {r.small.split('-')[-1]} {r.small_tokens} tok",
-                    (r.large_tokens, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.annotate(f"{r.large_tokens}", (r.large_tokens, y), textcoords="offset points", xytext=(-4, 5),
+                    fontsize=8, ha="right")
+    ax.plot([], [], "o:", c="black", ms=4, label=f"crossover: larger model's tokens = {smallest} at "
+            + " / ".join(str(t) for t in mark_small_tokens) + " tokens")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("output tokens")
     ax.set_ylabel("end-to-end latency (s)")
-    ax.set_title(f"{device}: latency vs output tokens ({visual_tokens} visual + {text_tokens} text tokens in)")
+    ax.set_title(f"{device}: latency vs output tokens ({visual_tokens} visual + {text_tokens} text tokens in)",
+                 fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -115,8 +120,8 @@ def measurement_panels(path: Path, points: list[Checked], predictors: dict[str, 
         vis = sorted((c for c in mine if c.m.kind == "vision"), key=lambda c: c.m.visual_tokens)
         if vis:
             axes[0].plot([c.m.visual_tokens for c in vis], [c.m.seconds for c in vis], "o", c=col, label=model)
-            xs = np.geomspace(min(c.m.visual_tokens for c in vis), max(c.m.visual_tokens for c in vis), 20)
-            axes[0].plot(xs, [pred.vision_grid((2 * round(x**0.5), 2 * round(x**0.5))) for x in xs], "-", c=col)
+            sides = np.arange(round(vis[0].m.visual_tokens**0.5), round(vis[-1].m.visual_tokens**0.5) + 1)
+            axes[0].plot(sides**2, [pred.vision(int(s * s)) for s in sides], "-", c=col)
         pre = sorted((c for c in mine if c.m.kind == "prefill"), key=lambda c: c.m.input_tokens)
         if pre:
             axes[1].plot([c.m.input_tokens for c in pre], [c.m.seconds for c in pre], "o", c=col, label=model)

@@ -13,7 +13,7 @@ from engine.analysis.validation import Checked, ErrorSummary
 
 
 def _fmt(x: float) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.6g}"
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.10g}"
 
 
 def write_measurements_csv(path: Path, points: list[Checked]) -> None:

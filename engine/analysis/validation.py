@@ -9,7 +9,7 @@ Regimes: the two-constant model covers matrix-vector products (decode at batch 1
 bound) and large matrix products (compute bound). Between them, with M rows per matmul in
 1 < M < min_gemm_rows, some BLAS libraries run far below both rates (this CPU's MKL: about
 3 GFLOP/s at 4 rows, 13 at 64, 27 at 128, 35 from 512). Points in that regime (decode at
-batch > 1, prefill of fewer than min_gemm_rows tokens, images of fewer patches) are
+batch > 1, prefill of fewer than min_gemm_rows tokens, images of fewer visual tokens) are
 "excluded": measured and reported with their error, neither fitted nor counted as held out.
 min_gemm_rows = 0 keeps every point.
 """
@@ -44,7 +44,7 @@ class Checked:
 def gemm_rows(m: Measurement, cfg) -> int:
     """Rows of the matrix products a measured component runs (tokens or patches per matmul)."""
     if m.kind == "vision":
-        return m.visual_tokens * cfg.vision.spatial_merge_size**2
+        return m.visual_tokens  # the mergers' rows; the blocks see merge^2 times more
     if m.kind == "decode":
         return m.batch
     return m.input_tokens  # prefill; e2e is dominated by its prefill's shape and batch-1 decode

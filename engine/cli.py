@@ -48,6 +48,12 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_analyze(args) -> int:
+    from engine.analysis.command import run_from_args
+
+    return run_from_args(args)
+
+
 def _budget(text: str):
     value = float(text)
     return int(value) if value >= 1 and value == int(value) else value
@@ -92,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="auto")
     run.add_argument("--attention-backend", default="auto")
     run.set_defaults(func=_cmd_run)
+
+    from engine.analysis.command import add_arguments as add_analyze_arguments
+
+    analyze = sub.add_parser("analyze", help="latency analysis of VLM components with a calibrated cost model "
+                                             "(--quick: a few minutes on a CPU)")
+    add_analyze_arguments(analyze)
+    analyze.set_defaults(func=_cmd_analyze)
     return parser
 
 

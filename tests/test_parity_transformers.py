@@ -62,16 +62,31 @@ def test_batch_of_different_lengths_matches_one_by_one_oracle(checkpoint):
     assert llm.stats()["kv_blocks_free"] == llm.stats()["kv_blocks_total"]
 
 
-def test_bfloat16_agrees_with_transformers_bfloat16(tmp_path):
+def test_bfloat16_error_is_no_worse_than_transformers_bfloat16(tmp_path):
+    """bf16 cannot match to 1e-4; the fair bar is the oracle's own bf16 error. Both bf16 runs
+    are measured against transformers in fp32 on the same (bf16-rounded) weights, averaged
+    over the three prompts (single-prompt bf16 errors are noisy)."""
     ckpt = build_synthetic_checkpoint(tmp_path / "bf16", "tiny-gqa4", seed=2, dtype="bfloat16")
     llm = LLM(str(ckpt), device="cpu", dtype="bfloat16", attention_backend="torch")
-    ref = hf_model(ckpt, torch.bfloat16)
     recorder = LogitsRecorder(llm.model)
-    prompt = prompts(llm)["one image"]
-    out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True))[0]
-    want, want_logits = hf_greedy(ref, hf_inputs(_processed(llm, prompt), llm.model_cfg.image_token_id), NEW_TOKENS)
-    rel = ((recorder.calls[0][0] - want_logits).norm() / want_logits.norm()).item()
-    agree = next((i for i, (a, b) in enumerate(zip(out.token_ids, want)) if a != b), NEW_TOKENS)
-    print(f"bf16: last-position logits rel err {rel:.2e}; greedy tokens agree for the first {agree}/{NEW_TOKENS}")
-    assert rel < 3e-2
-    assert out.token_ids[0] == want[0]
+    ref32, ref16 = hf_model(ckpt, torch.float32), hf_model(ckpt, torch.bfloat16)
+    ours_err, hf_err, report = [], [], []
+    for name, prompt in prompts(llm).items():
+        recorder.calls.clear()
+        out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=NEW_TOKENS, ignore_eos=True))[0]
+        inputs = hf_inputs(_processed(llm, prompt), llm.model_cfg.image_token_id)
+        want, fp32_logits = hf_greedy(ref32, inputs, NEW_TOKENS)
+        hf_tokens, hf_logits = hf_greedy(ref16, inputs, NEW_TOKENS)
+
+        def rel(x):
+            return ((x - fp32_logits).norm() / fp32_logits.norm()).item()
+
+        def agree(tokens):
+            return next((i for i, (a, b) in enumerate(zip(tokens, want)) if a != b), NEW_TOKENS)
+
+        ours_err.append(rel(recorder.calls[0][0]))
+        hf_err.append(rel(hf_logits))
+        report.append(f"{name}: err Baton {ours_err[-1]:.1e} / HF-bf16 {hf_err[-1]:.1e}, greedy prefix "
+                      f"agreeing with fp32 Baton {agree(out.token_ids)} / HF-bf16 {agree(hf_tokens)} of {NEW_TOKENS}")
+    print("\n".join(["bf16 vs the fp32 oracle:"] + report))
+    assert sum(ours_err) <= 1.5 * sum(hf_err)

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from engine.block_manager import BlockManager
 from engine.encoder_cache import EncoderCache
 from engine.errors import BatonError, InvalidRequestError
+from engine.host_allocator import tune_host_allocator
 from engine.model_runner import ModelRunner
 from engine.outputs import RequestOutput
 from engine.sampling_params import SamplingParams
@@ -99,6 +100,8 @@ class LLM:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
         self.model_path = Path(model) if model is not None else None
         self.device = resolve_device(device)
+        if self.device.type == "cpu":
+            tune_host_allocator()
         self.model_cfg = _model_cfg if _model_cfg is not None else load_config(self.model_path)
         self.dtype = resolve_dtype(dtype, self.device, self.model_cfg.torch_dtype)
         self.backend = resolve_backend(attention_backend, self.device)

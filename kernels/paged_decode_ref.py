@@ -40,8 +40,11 @@ def paged_decode_attention(
     batch, num_heads, head_dim = q.shape
     num_kv_heads = k_cache.shape[2]
     group = num_heads // num_kv_heads
+    lens = context_lens.tolist()
+    if batch > 1 and min(lens) > 0:
+        return _batched(q, k_cache, v_cache, block_tables, context_lens, max(lens), scale)
     out = torch.empty_like(q)
-    for b, n in enumerate(context_lens.tolist()):
+    for b, n in enumerate(lens):
         if n == 0:
             out[b].zero_()
             continue
@@ -51,6 +54,27 @@ def paged_decode_attention(
         o = F.scaled_dot_product_attention(queries, keys, values, scale=scale)
         out[b] = o.view(num_heads, head_dim)
     return out
+
+
+def _batched(q, k_cache, v_cache, block_tables, context_lens, max_len: int, scale: float) -> torch.Tensor:
+    """All sequences in one SDPA call: keys gathered to the longest context, the rest masked.
+    One call instead of B per layer; the padding costs little when lengths are similar."""
+    batch, num_heads, head_dim = q.shape
+    num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
+    group = num_heads // num_kv_heads
+    num_blocks = (max_len + block_size - 1) // block_size
+    table = block_tables[:, :num_blocks].long().clamp(0, k_cache.shape[0] - 1)  # padding -> any valid block
+
+    def gather(cache):
+        blocks = cache.index_select(0, table.flatten())  # [B * nb, bs, Hkv, D]
+        return blocks.view(batch, num_blocks * block_size, num_kv_heads, head_dim)[:, :max_len].transpose(1, 2)
+
+    keys, values = gather(k_cache), gather(v_cache)  # [B, Hkv, L, D]
+    valid = torch.arange(max_len, device=q.device)[None, :] < context_lens.to(q.device)[:, None]
+    mask = valid[:, None, None, :]  # [B, 1, 1, L]
+    o = F.scaled_dot_product_attention(q.view(batch, num_kv_heads, group, head_dim), keys, values,
+                                       attn_mask=mask, scale=scale)
+    return o.reshape(batch, num_heads, head_dim)
 
 
 def paged_decode_attention_per_head(

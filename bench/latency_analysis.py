@@ -6,8 +6,8 @@ validates it on held-out points, and predicts every real size (2B .. 32B) on thi
 on H100 / H200 from their specs: crossover tables (how many tokens a large model may produce
 and still beat a small one), multi-agent mode latencies, plots and a README summary.
 
-    python bench/latency_analysis.py --quick            # about 4 minutes on the 2-core CPU (CI, demo)
-    python bench/latency_analysis.py                    # full sweep, about 90 minutes on that CPU
+    python bench/latency_analysis.py --quick            # 4-6 minutes on the shared 2-core CPU (CI, demo)
+    python bench/latency_analysis.py                    # full sweep, about an hour on that CPU
     python bench/latency_analysis.py --from-csv results/latency-full/measurements.csv --out re/
     baton analyze --quick                               # the same, from the console script
 

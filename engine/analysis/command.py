@@ -6,8 +6,8 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-QUICK_MINUTES = "about 4 minutes on the 2-core development CPU"
-FULL_MINUTES = "about 90 minutes on the 2-core development CPU"
+QUICK_MINUTES = "4-6 minutes on the shared 2-core development CPU"
+FULL_MINUTES = "about an hour on the shared 2-core development CPU"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--quick", action="store_true",
                       help=f"short sweep on scaled-down 2B/4B (1 text layer, 1 vision block): {QUICK_MINUTES}")
     mode.add_argument("--full", action="store_true",
-                      help=f"full sweep (the default): real 2B, scaled 4B/8B: {FULL_MINUTES}")
+                      help=f"full sweep (the default): real 2B (4B if it fits), scaled 4B/8B: {FULL_MINUTES}")
     parser.add_argument("--out", default=None, help="output directory (default results/latency-quick|full)")
     parser.add_argument("--models", default=None,
                         help="comma-separated models to measure, SIZE or SIZE:L<layers>/V<blocks> (e.g. 2b,8b:L4/V4)")

@@ -120,7 +120,7 @@ class ModelSweep:
 
     # -- running ----------------------------------------------------------------------------
     def run(self) -> tuple[list[Measurement], list[str]]:
-        """Rounds: one warm-up round, then `repeats` rounds, each running every point once.
+        """Rounds: `warmup` discarded rounds, then `repeats` timed ones, each running every point once.
         Interleaving spreads slow drifts of the machine (other jobs, clocks) over all points
         instead of biasing whichever point ran during them."""
         name = self.variant.name

@@ -32,7 +32,7 @@ import torch
 
 from models import tokenizer_builder
 
-GENERATOR_VERSION = 2  # bump when weights / files for the same preset change
+GENERATOR_VERSION = 3  # bump when weights / files for the same preset change
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -252,7 +252,7 @@ def _padded_vocab(n: int, multiple: int = 64) -> int:
 
 LOGIT_STD = 2.5
 RESIDUAL_STD = 8.0
-QK_NORM_SCALE = 2.0
+QK_NORM_SCALE = 1.5
 
 
 def _init_tensor(name: str, shape: tuple[int, ...], seed: int, hf_config: dict) -> torch.Tensor:

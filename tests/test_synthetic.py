@@ -87,7 +87,7 @@ def test_weights_are_non_trivial(tiny):
         assert torch.isfinite(t).all(), name
         assert t.float().std() > 1e-3, f"{name} is (nearly) constant"
         if name.endswith(("q_norm.weight", "k_norm.weight")):  # sharpened attention
-            assert 1.5 < t.float().mean() < 2.5, name
+            assert 1.2 < t.float().mean() < 1.8, name
         elif t.dim() == 1 and name.endswith(".weight"):  # other norm scales sit near 1
             assert 0.5 < t.float().mean() < 1.5, name
 

@@ -157,6 +157,8 @@ class Processor:
         self.chat_template = self.tokenizer.chat_template or self._load_chat_template(root)
         self.eos_token_ids = self._load_eos_ids(root)
         self.pad_token_id = self.tokenizer.pad_token_id
+        # the model's vocabulary may be padded past the tokenizer's
+        self.vocab_size = max(len(self.tokenizer), self._config_vocab_size(root))
         self._image_cache: OrderedDict[str, tuple[torch.Tensor, tuple[int, int, int]]] = OrderedDict()
         self._image_cache_size = image_cache_size
 
@@ -215,6 +217,14 @@ class Processor:
             raise CheckpointError(
                 f"{root / 'preprocessor_config.json'}: merge_size {self.merge_size} differs from "
                 f"config.json spatial_merge_size {merge}")
+
+    @staticmethod
+    def _config_vocab_size(root: Path) -> int:
+        path = root / "config.json"
+        if not path.is_file():
+            return 0
+        vocab = _read_json(path).get("text_config", {}).get("vocab_size", 0)
+        return vocab if isinstance(vocab, int) else 0
 
     @staticmethod
     def _load_chat_template(root: Path) -> str | None:
@@ -360,17 +370,18 @@ class Processor:
 
     def process_ids(self, token_ids: Sequence[int], images: Sequence | None = None) -> ProcessedPrompt:
         """Like process() for a prompt given as token ids: one <|image_pad|> id per image, or
-        already expanded (each image's full run of pad ids)."""
+        already expanded (each image's full run of pad ids).
+
+        Other ids, <|video_pad|> included, are taken as text: id prompts often carry generated
+        tokens, and a model can generate any id below its vocab_size.
+        """
         images = [self.preprocess_image(img) for img in self._image_list(images)]
         try:
             ids = [int(t) for t in token_ids]
         except (TypeError, ValueError):
             raise InvalidRequestError("prompt token ids must be integers") from None
-        vocab = len(self.tokenizer)
-        if any(t < 0 or t >= vocab for t in ids):
-            raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab})")
-        if self.video_token_id in ids:
-            raise InvalidRequestError("prompt contains <|video_pad|>: videos are not supported")
+        if any(t < 0 or t >= self.vocab_size for t in ids):
+            raise InvalidRequestError(f"prompt token ids must lie in [0, {self.vocab_size})")
         n_pads = ids.count(self.image_token_id)
         total = sum(img.num_tokens for img in images)
         if n_pads == len(images):

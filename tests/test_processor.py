@@ -170,6 +170,34 @@ def test_prompt_as_token_ids(proc):
     assert torch.equal(pos, from_text.mrope_positions) and delta == from_text.mrope_delta
 
 
+def test_token_id_prompts_take_generated_special_ids_as_text(proc):
+    # a model can generate any id below its vocab_size, <|video_pad|> included
+    ids = proc.tokenizer.encode("hi", add_special_tokens=False) + [proc.video_token_id, proc.vocab_size - 1]
+    out = proc.process_ids(ids, [])
+    assert out.token_ids == ids
+    assert torch.equal(out.mrope_positions, torch.arange(len(ids)).expand(3, -1))
+
+
+@pytest.mark.parametrize("ids,images,match", [
+    ([1, -1], [], r"\[0, "),
+    ([1, 10**6], [], r"\[0, "),
+    (["a"], [], "integers"),
+    ([1, 2], [IMG_A], "0 <\\|image_pad\\|> token.* but 1 image"),
+    ([], [], "empty"),
+])
+def test_bad_token_id_prompts_raise(proc, ids, images, match):
+    with pytest.raises(InvalidRequestError, match=match):
+        proc.process_ids(ids, images)
+
+
+def test_split_expanded_image_run_raises(proc):
+    img = proc.preprocess_image(IMG_A)
+    pad = proc.image_token_id
+    ids = [1] + [pad] * (img.num_tokens - 1) + [2, pad]
+    with pytest.raises(InvalidRequestError, match="consecutive"):
+        proc.process_ids(ids, [img])
+
+
 def test_process_chat_is_render_then_process(proc):
     text, images = proc.render_chat(ONE_IMAGE)
     assert proc.process_chat(ONE_IMAGE).token_ids == proc.process(text, images).token_ids

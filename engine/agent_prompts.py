@@ -51,6 +51,13 @@ class PromptBuilder:
         self.processor = processor
         self.prompts = prompts
 
+    def clean(self, ids: list[int]) -> list[int]:
+        """Generated ids without vision placeholders: a model may emit them, but in a later
+        prompt they would claim image positions that have no image."""
+        p = self.processor
+        vision = {p.image_token_id, p.video_token_id, p.vision_start_token_id, p.vision_end_token_id}
+        return [t for t in ids if t not in vision]
+
     def encode_text(self, text: str) -> list[int]:
         return self.processor.tokenizer.encode(text, add_special_tokens=False)
 

@@ -202,7 +202,7 @@ class MultiAgent:
         stop = [self.prompts.think_close.strip()] if self.prompts.think_close.strip() else None
         (reasoning,) = yield [Stage(f"{model}-reason", model, ids, images, self.reason_max_tokens, stop,
                                     record_stats)]
-        reasoning_ids = _strip_stop(reasoning, b, self.engines[model].eos_token_ids)
+        reasoning_ids = _reasoning_ids(reasoning, b, self.engines[model].eos_token_ids)
         out = None
         if answer:
             (out,) = yield [Stage(f"{model}-answer", model, b.after_reasoning(ids, reasoning_ids), images,
@@ -274,6 +274,10 @@ def _strip_stop(out: RequestOutput, builder: PromptBuilder, eos_ids: set[int]) -
     while ids and len(decode(ids)) > len(out.text):
         ids.pop()
     return ids if decode(ids) == out.text else builder.encode_text(out.text)
+
+
+def _reasoning_ids(out: RequestOutput, builder: PromptBuilder, eos_ids: set[int]) -> list[int]:
+    return builder.clean(_strip_stop(out, builder, eos_ids))
 
 
 def _same_tokenizer(a, b) -> bool:

@@ -114,3 +114,9 @@ def test_trace_export_is_chrome_json(team, tmp_path):
     stages = [e for e in events if e["ph"] == "X"]
     assert len(stages) == sum(len(r.stages) for r in res)
     assert all(e["dur"] >= 0 and "prompt_tokens" in e["args"] for e in stages)
+
+
+def test_vision_placeholders_generated_in_reasoning_are_not_transferred(team):
+    proc = team.engines["small"].processor
+    ids = [5, proc.image_token_id, 6, proc.vision_start_token_id, proc.video_token_id, 7]
+    assert team.builders["small"].clean(ids) == [5, 6, 7]

@@ -27,7 +27,7 @@ import numpy as np
 from engine.analysis import cost_model as cm
 from engine.analysis import plots, report
 from engine.analysis.calibration import TimeModel
-from engine.analysis.crossover import Crossover, crossover_markdown, crossovers
+from engine.analysis.crossover import crossover_markdown, crossovers
 from engine.analysis.devices import PRESETS, DeviceSpec
 from engine.analysis.modes import MODES, ModeTokens, mode_latency
 from engine.analysis.predictor import LatencyPredictor
@@ -346,8 +346,9 @@ def _readme(opts, points, summary, other_summary, tm, other_tm, preset, min_rows
         "",
         "- Counted work: matrix products (2 FLOPs per multiply-add) incl. attention; bytes: weights, KV "
         "reads and writes. Elementwise ops and activation traffic fall to the calibration.",
-        "- Other hardware is predicted from datasheet peaks times typical efficiencies "
-        f"({', '.join(f'{s.name}: {s.flops_efficiency:.0%} FLOP/s, {s.bandwidth_efficiency:.0%} bandwidth' for s in opts.targets)}), "
+        "- Other hardware is predicted from datasheet peaks times typical efficiencies ("
+        + ", ".join(f"{s.name}: {s.flops_efficiency:.0%} FLOP/s, {s.bandwidth_efficiency:.0%} bandwidth"
+                    for s in opts.targets) + "), "
         "bf16 weights, compute and memory overlapping (roofline). Per-kernel launch overheads are not "
         "modelled: GPU decode times are for an engine that hides them (CUDA graphs).",
         "- Scaled variants keep every width and the full vocabulary, so per-layer costs and the LM head are "

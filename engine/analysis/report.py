@@ -74,8 +74,8 @@ def error_table(summary: dict[str, ErrorSummary]) -> str:
 
 
 def points_table(points: list[Checked]) -> str:
-    lines = ["| model | kind | visual tok | input tok | batch | output tok | measured s | predicted s | error | split |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | kind | visual tok | input tok | batch | output tok | measured s | predicted s | error "
+             "| split |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in points:
         m = c.m
         lines.append(f"| {m.model} | {m.kind} | {m.visual_tokens} | {m.input_tokens} | {m.batch} | "

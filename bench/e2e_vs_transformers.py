@@ -56,7 +56,7 @@ def main():
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--image-size", type=int, default=448)
+    ap.add_argument("--image-size", type=int, default=224)
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -68,6 +68,8 @@ def main():
     bandwidth = measure_read_bandwidth()
     print(f"measured DRAM read bandwidth: {bandwidth / 1e9:.1f} GB/s; threads: {torch.get_num_threads()}")
     rows = []
+    headers = ["dtype", "prompt", "TTFT baton ms", "TTFT HF ms", "HF/baton",
+               "tok baton ms", "tok HF ms", "HF/baton", "floor ms", "floor/baton"]
     for dtype in args.dtypes:
         b_ttft, b_tok, llm = bench_baton(path, dtype, prompt, args.new_tokens, args.repeats)
         processed = llm.processor.process(prompt["prompt"], prompt["images"])
@@ -83,9 +85,8 @@ def main():
         rows.append([dtype, n_prompt, f"{b_ttft * 1e3:.0f}", f"{h_ttft * 1e3:.0f}", f"{h_ttft / b_ttft:.2f}x",
                      f"{b_tok * 1e3:.1f}", f"{h_tok * 1e3:.1f}", f"{h_tok / b_tok:.2f}x",
                      f"{floor * 1e3:.1f}", f"{floor / b_tok:.0%}"])
-    print()
-    print_table(["dtype", "prompt", "TTFT baton ms", "TTFT HF ms", "HF/baton",
-                 "tok baton ms", "tok HF ms", "HF/baton", "floor ms", "floor/baton"], rows)
+        print(flush=True)
+        print_table(headers, rows)
     print("\nHF/baton > 1 means Baton is faster; floor = decoder+head weight bytes / measured bandwidth.")
 
 

@@ -319,7 +319,7 @@ def _readme(opts, points, summary, other_summary, tm, other_tm, preset, min_rows
         lines += [
             f"Excluded points: matrix products with 1 < rows < {min_rows} (decode at batch > 1, prefill of fewer "
             f"than {min_rows} tokens, images of fewer visual tokens). On this CPU, MKL runs such GEMMs far below both "
-            "the GEMV bandwidth and the large-GEMM rate (about 3 GFLOP/s at 4 rows), so a batch of B decodes "
+            "the GEMV bandwidth and the large-GEMM rate (about 12 GFLOP/s at 4 rows, idle), so a batch of B decodes "
             "costs about B times one decode instead of sharing the weight reads. They are measured and listed "
             "with their error below, but the two-constant model is not meant to describe them.",
             "",

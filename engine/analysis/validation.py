@@ -7,8 +7,8 @@ End-to-end points are always held out: they check that the components add up.
 
 Regimes: the two-constant model covers matrix-vector products (decode at batch 1, bandwidth
 bound) and large matrix products (compute bound). Between them, with M rows per matmul in
-1 < M < min_gemm_rows, some BLAS libraries run far below both rates (this CPU's MKL: about
-3 GFLOP/s at 4 rows, 13 at 64, 27 at 128, 35 from 512). Points in that regime (decode at
+1 < M < min_gemm_rows, some BLAS libraries run far below both rates (this CPU's MKL, idle:
+about 12 GFLOP/s at 4 rows, 37 at 64, 56 at 128, 130-150 from 256). Points in that regime (decode at
 batch > 1, prefill of fewer than min_gemm_rows tokens, images of fewer visual tokens) are
 "excluded": measured and reported with their error, neither fitted nor counted as held out.
 min_gemm_rows = 0 keeps every point.

@@ -24,8 +24,9 @@ from models.synthetic import ensure_checkpoint  # noqa: E402
 PAD = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
-def request(i: int, image):
-    return {"prompt": f"<|im_start|>system\nYou are a careful assistant.<|im_end|>\n<|im_start|>user\n{PAD}"
+def request(i: int, image, session: int = 0):
+    return {"prompt": f"<|im_start|>system\nSession {session}. You are a careful assistant.<|im_end|>\n"
+                      f"<|im_start|>user\n{PAD}"
                       f"Question {i}: describe region {i % 7} of the picture.<|im_end|>\n<|im_start|>assistant\n",
             "images": [image]}
 
@@ -52,11 +53,12 @@ def main():
 
     cold, warm = [], []
     for r in range(args.repeats):
-        fresh_image = make_demo_image(args.image_size, args.image_size, seed=100 + r)  # new pixels: cold
-        t, cached = ttft(llm, request(0, fresh_image))
+        # new session text and new pixels: nothing cached, the image is encoded anew
+        fresh = request(0, make_demo_image(args.image_size, args.image_size, seed=100 + r), session=100 + r)
+        t, cached = ttft(llm, fresh)
         assert cached == 0
         cold.append(t)
-        t, cached = ttft(llm, request(0, fresh_image))
+        t, cached = ttft(llm, fresh)
         warm.append(t)
     n_prompt = len(llm.processor.process(prompt["prompt"], prompt["images"]).token_ids)
     c, w = statistics.median(cold), statistics.median(warm)

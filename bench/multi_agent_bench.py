@@ -112,7 +112,10 @@ def main():
     ap.add_argument("--brief-tokens", type=int, default=8)
     ap.add_argument("--budget", type=float, default=0.5, help="fraction of the reasoning transferred")
     ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
     paths = {"small": str(ensure_checkpoint(args.small)), "large": str(ensure_checkpoint(args.large))}

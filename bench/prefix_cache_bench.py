@@ -15,6 +15,8 @@ import statistics
 import sys
 import time
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from engine import LLM, SamplingParams  # noqa: E402
@@ -43,7 +45,10 @@ def main():
     ap.add_argument("--concurrent", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     path = ensure_checkpoint(args.preset)
     llm = LLM(str(path), device="cpu", kv_cache_bytes=2 << 30)

@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import os
 import platform
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,7 +291,9 @@ def _readme(opts, points, summary, other_summary, tm, other_tm, preset, min_rows
         "",
     ]
     for name, v in measured_models.items():
-        lines.append(f"- `{name}`: {v.note}, {cm.total_params(v.model_config) / 1e9:.2f} B parameters")
+        loads = [c.m.load_avg for c in points if c.m.model == name and c.m.load_avg == c.m.load_avg]
+        load = f"; machine load average {statistics.median(loads):.1f} while measured" if loads else ""
+        lines.append(f"- `{name}`: {v.note}, {cm.total_params(v.model_config) / 1e9:.2f} B parameters{load}")
     if notes:
         lines += ["", "Skipped / notes:", ""] + [f"- {n}" for n in notes]
     lines += [
@@ -353,8 +356,9 @@ def _readme(opts, points, summary, other_summary, tm, other_tm, preset, min_rows
         "modelled: GPU decode times are for an engine that hides them (CUDA graphs).",
         "- Scaled variants keep every width and the full vocabulary, so per-layer costs and the LM head are "
         "the real ones; the 32B (and sizes that do not fit) are predicted from their configs only.",
-        "- The machine was shared with other jobs while measuring; medians of interleaved rounds damp, "
-        "but do not remove, that noise.",
+        f"- The machine may be shared with other jobs (it has {os.cpu_count()} cores; a load average above that "
+        "means they compete): medians of interleaved rounds damp that noise within a model, but a load that "
+        "changes between models shifts them against each other, and the held-out error shows it.",
         "",
         "## Files",
         "",

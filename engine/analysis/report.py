@@ -41,8 +41,9 @@ def read_measurements_csv(path: Path) -> list[Measurement]:
                     kw["samples"] = [float(s) for s in row["samples"].split()]
                 elif fld.name in ints:
                     kw[fld.name] = int(row[fld.name])
-                elif fld.name == "seconds":
-                    kw[fld.name] = float(row[fld.name])
+                elif fld.name in ("seconds", "load_avg"):
+                    if row.get(fld.name):  # load_avg is absent from older files
+                        kw[fld.name] = float(row[fld.name])
                 else:
                     kw[fld.name] = row[fld.name]
             out.append(Measurement(**kw))

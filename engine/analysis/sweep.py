@@ -9,6 +9,7 @@ samples. A model that does not fit in available memory, and a point whose predic
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Measurement:
     output_tokens: int = 0
     seconds: float = 0.0
     samples: list[float] = field(default_factory=list)
+    load_avg: float = float("nan")  # the machine's 1-minute load average around the timed runs (median)
 
 
 @dataclass
@@ -151,6 +153,7 @@ class ModelSweep:
                 for i, ((kind, args), point) in enumerate(zip(todo, points)):
                     bar.set_postfix_str(f"round {r + 1}/{rounds} {kind} {args}")
                     values = point()
+                    values["load_avg"] = os.getloadavg()[0]
                     if r >= self.plan.warmup:
                         samples[i].append(values)
                     bar.update(1)
@@ -161,8 +164,9 @@ class ModelSweep:
         for (kind, args), runs in zip(todo, samples):
             for kind_out, fields in runs[0]["records"]:
                 values = [run[kind_out] for run in runs]
-                self.results.append(Measurement(kind_out, name, self.device, self.dtype,
-                                                seconds=_median(values), samples=values, **fields))
+                self.results.append(Measurement(kind_out, name, self.device, self.dtype, seconds=_median(values),
+                                                samples=values, load_avg=_median([r["load_avg"] for r in runs]),
+                                                **fields))
         return self.results, self.notes
 
     def _build(self):

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import dot_precision, interpreting, next_pow2
+from kernels.triton_utils import dot_precision, interpreting, load_paged_kv, next_pow2
 
 LOG2E = 1.4426950408889634
 
@@ -58,14 +58,8 @@ def _decode_split_kernel(
     for tile in range(start, end, BLOCK_N):
         pos = tile + n_offs
         n_mask = pos < end
-        block_ids = tl.load(block_tables_ptr + seq * stride_bt + pos // BLOCK_SIZE, mask=n_mask, other=0)
-        rows = block_ids.to(tl.int64) * stride_cb + (pos % BLOCK_SIZE) * stride_cs + kv_head * stride_ch
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k, v = load_paged_kv(k_cache_ptr, v_cache_ptr, block_tables_ptr + seq * stride_bt, pos, n_mask, d, d_mask,
+                             kv_head, stride_cb, stride_cs, stride_ch, BLOCK_SIZE, UPCAST)
         # [BLOCK_G, BLOCK_N] scores in log2 units (qk_scale carries log2(e)).
         scores = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         scores = tl.where(n_mask[None, :], scores, float("-inf"))

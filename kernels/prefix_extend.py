@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import dot_precision, interpreting, next_pow2
+from kernels.triton_utils import dot_precision, interpreting, load_paged_kv, next_pow2
 
 LOG2E = 1.4426950408889634
 
@@ -73,14 +73,8 @@ def _prefix_extend_kernel(
     for tile in range(0, prefix, BLOCK_N):
         pos = tile + n_offs
         n_mask = pos < prefix
-        block_ids = tl.load(block_tables_ptr + seq * stride_bt + pos // BLOCK_SIZE, mask=n_mask, other=0)
-        rows = block_ids.to(tl.int64) * stride_cb + (pos % BLOCK_SIZE) * stride_cs + kv_head * stride_ch
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = tl.load(k_cache_ptr + rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(v_cache_ptr + rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
+        k, v = load_paged_kv(k_cache_ptr, v_cache_ptr, block_tables_ptr + seq * stride_bt, pos, n_mask, d, d_mask,
+                             kv_head, stride_cb, stride_cs, stride_ch, BLOCK_SIZE, UPCAST)
         m_i, l_i, acc = _online_softmax_step(q, k, v, n_mask[None, :], m_i, l_i, acc, qk_scale,
                                              PRECISION)
 

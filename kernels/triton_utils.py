@@ -1,8 +1,9 @@
-"""Small helpers shared by the Triton kernels (launch-side Python only, no kernels)."""
+"""Small helpers shared by the Triton kernels: launch-side Python and one shared jit tile loader."""
 import os
 
 import torch
 import triton
+import triton.language as tl
 
 
 def interpreting() -> bool:
@@ -32,3 +33,20 @@ def rows_per_program(row_elements: int, num_rows: int) -> int:
     """
     budget = (1 << 16) if interpreting() else 4096
     return min(max(1, budget // next_pow2(row_elements)), next_pow2(num_rows))
+
+
+@triton.jit
+def load_paged_kv(k_cache_ptr, v_cache_ptr, table_ptr, pos, n_mask, d, d_mask, kv_head,
+                  stride_cb, stride_cs, stride_ch, BLOCK_SIZE: tl.constexpr, UPCAST: tl.constexpr):
+    """K and V tiles [len(pos), len(d)] of one KV head for token positions `pos` of a sequence,
+    read through its block table (`table_ptr` points at the sequence's row); masked rows are 0.
+    UPCAST widens to fp32 (the interpreter computes bf16 wrongly)."""
+    block_ids = tl.load(table_ptr + pos // BLOCK_SIZE, mask=n_mask, other=0)
+    rows = block_ids.to(tl.int64) * stride_cb + (pos % BLOCK_SIZE) * stride_cs + kv_head * stride_ch
+    kv_mask = n_mask[:, None] & d_mask[None, :]
+    k = tl.load(k_cache_ptr + rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_cache_ptr + rows[:, None] + d[None, :], mask=kv_mask, other=0.0)
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    return k, v

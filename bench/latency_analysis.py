@@ -6,12 +6,12 @@ validates it on held-out points, and predicts every real size (2B .. 32B) on thi
 on H100 / H200 from their specs: crossover tables (how many tokens a large model may produce
 and still beat a small one), multi-agent mode latencies, plots and a README summary.
 
-    python bench/latency_analysis.py --quick            # 4-6 minutes on the shared 2-core CPU (CI, demo)
+    python bench/latency_analysis.py --quick            # 1.5 min on the idle 2-core CPU, 4-6 shared (CI, demo)
     python bench/latency_analysis.py                    # full sweep, about an hour on that CPU
-    python bench/latency_analysis.py --from-csv results/latency-full/measurements.csv --out re/
+    python bench/latency_analysis.py --from-csv baton-out/latency-full/measurements.csv --out re/
     baton analyze --quick                               # the same, from the console script
 
-Everything lands in one directory (default results/latency-quick or results/latency-full).
+Everything lands in one directory (default baton-out/latency-quick or baton-out/latency-full).
 """
 from __future__ import annotations
 

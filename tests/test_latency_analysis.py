@@ -100,7 +100,7 @@ def test_analysis_writes_csv_plots_tables_and_readme(tiny_sweep):
     with open(out / "measurements.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["kind"] for r in rows} == {"vision", "prefill", "decode", "e2e"}
-    assert all(len(r["samples"].split()) == 5 for r in rows)
+    assert all(len(r["samples"].split()) == 5 and float(r["load_avg"]) >= 0 for r in rows)
     table = (out / "crossovers.md").read_text()
     assert "qwen3-vl-2b -> qwen3-vl-32b" in table and "small 1024 tok" in table
     assert "Held-out error" in (out / "README.md").read_text()

@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-QUICK_MINUTES = "4-6 minutes on the shared 2-core development CPU"
+QUICK_MINUTES = "1.5 minutes on the idle 2-core development CPU, 4-6 when it is shared"
 FULL_MINUTES = "about an hour on the shared 2-core development CPU"
 
 
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help=f"short sweep on scaled-down 2B/4B (1 text layer, 1 vision block): {QUICK_MINUTES}")
     mode.add_argument("--full", action="store_true",
                       help=f"full sweep (the default): real 2B (4B if it fits), scaled 4B/8B: {FULL_MINUTES}")
-    parser.add_argument("--out", default=None, help="output directory (default results/latency-quick|full)")
+    parser.add_argument("--out", default=None, help="output directory (default baton-out/latency-quick|full)")
     parser.add_argument("--models", default=None,
                         help="comma-separated models to measure, SIZE or SIZE:L<layers>/V<blocks> (e.g. 2b,8b:L4/V4)")
     parser.add_argument("--device", default="cpu", help="where to measure: cpu or cuda")
@@ -42,7 +42,7 @@ def options_from_args(args):
     from engine.analysis.variants import parse_variant
 
     label = "quick" if args.quick else "full"
-    out = Path(args.out) if args.out else Path("results") / f"latency-{label}"
+    out = Path(args.out) if args.out else Path("baton-out") / f"latency-{label}"
     make = quick_options if args.quick else full_options
     on_gpu = args.device.startswith("cuda")
     opts = make(out, device=args.device, dtype=args.dtype or ("bfloat16" if on_gpu else "float32"),

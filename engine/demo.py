@@ -46,10 +46,12 @@ def print_output(title: str, out) -> None:
 
 def print_stages(res) -> None:
     """One line per stage of a MultiAgent result."""
-    print(f"  {'stage':<16}{'model':<7}{'prompt':>7}{'cached':>8}{'output':>8}{'vision':>8}{'seconds':>9}")
+    print(f"  {'stage':<16}{'model':<7}{'prompt':>7}{'cached':>8}{'output':>8}{'vision':>8}{'TTFT s':>9}"
+          f"{'decode s':>9}{'seconds':>9}")
     for st in res.stages:
+        ttft = "-" if st.ttft is None else f"{st.ttft:.3f}"
         print(f"  {st.name:<16}{st.model:<7}{st.prompt_tokens:>7}{st.cached_tokens:>8}{st.output_tokens:>8}"
-              f"{st.vision_encoder_calls:>8}{st.seconds:>9.3f}")
+              f"{st.vision_encoder_calls:>8}{ttft:>9}{st.decode_seconds:>9.3f}{st.seconds:>9.3f}")
 
 
 def print_cache_figures(name: str, llm) -> None:

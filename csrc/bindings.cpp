@@ -1,4 +1,5 @@
 // pybind11 bindings of `kernels._native`: structural argument checks, then dispatch by device.
+// Ops: token scoring (token_stats, attention_scores, select_tokens) and the CPU skinny GEMM.
 //
 // The Python wrappers in kernels/scoring.py are the public entry points and validate values
 // (token id ranges, segment order, NaN scores) with user-facing messages; the checks here keep
@@ -6,6 +7,7 @@
 #include <torch/extension.h>
 
 #include "scoring.h"
+#include "skinny_linear.h"
 
 namespace {
 
@@ -107,6 +109,27 @@ at::Tensor select_tokens(const at::Tensor& scores, int64_t budget,
   return baton::select_tokens_cpu(s, budget, seg, expand_segments);
 }
 
+at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w,
+                         const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
+                    "skinny_linear: need x [M, K] and w [N, K], got ", x.sizes(), " and ",
+                    w.sizes());
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat,
+                    "skinny_linear: x and w must be float32, got ", x.scalar_type(), " and ",
+                    w.scalar_type());
+  TORCH_CHECK_VALUE(x.is_cpu() && w.is_cpu(), "skinny_linear: CPU tensors only");
+  TORCH_CHECK_VALUE(w.is_contiguous(), "skinny_linear: w must be contiguous");
+  std::optional<at::Tensor> b;
+  if (bias.has_value()) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == w.size(0) &&
+                          bias->scalar_type() == at::kFloat && bias->is_cpu(),
+                      "skinny_linear: bias must be float32 [", w.size(0), "] on the CPU");
+    b = bias->contiguous();
+  }
+  TORCH_CHECK(baton::skinny_linear_supported(), "skinny_linear: needs a CPU with AVX2 and FMA");
+  return baton::skinny_linear_cpu(x.contiguous(), w, b);
+}
+
 bool with_cuda() {
 #ifdef BATON_WITH_CUDA
   return true;
@@ -118,7 +141,7 @@ bool with_cuda() {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Baton's native token-scoring ops (see kernels/scoring.py for the contracts)";
+  m.doc() = "Baton's native ops: token scoring (kernels/scoring.py) and the CPU skinny GEMM (kernels/linear.py)";
   m.def("token_stats", &token_stats, "entropy, max_prob, margin, logprob per logits row",
         py::arg("logits"), py::arg("token_ids"));
   m.def("attention_scores", &attention_scores, "reduce attn [H, Q, K] to [K]", py::arg("attn"),
@@ -126,5 +149,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("select_tokens", &select_tokens, "budgeted, order-preserving selection",
         py::arg("scores"), py::arg("budget"), py::arg("segment_ids") = py::none(),
         py::arg("expand_segments") = false);
+  m.def("skinny_linear", &skinny_linear, "x [M, K] @ w[N, K]^T (+ bias), float32, CPU, small M",
+        py::arg("x"), py::arg("w"), py::arg("bias") = py::none());
+  m.def("skinny_linear_supported", &baton::skinny_linear_supported,
+        "whether this CPU runs skinny_linear (AVX2 and FMA)");
   m.def("with_cuda", &with_cuda, "whether the CUDA kernels were compiled in");
 }

@@ -1,0 +1,47 @@
+"""Linear layers: y = x @ weight^T (+ bias).
+
+On the CPU, float32 inputs with few rows (decode steps, warm prefills of a few tokens) go to
+the native skinny GEMM (csrc/skinny_linear.cpp), which reads each weight row once. At those
+shapes the BLAS sgemm re-packs the weight on every call: M = 2..8 ran 3-6x slower than the
+skinny kernel on the development CPU, and even M = 1 (BLAS gemv) 1.6-2.7x
+(bench/kernels/test_bench_linear.py measures both). Everything else, including every GPU
+call, is F.linear.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from kernels import _native
+
+    SKINNY_AVAILABLE = bool(_native.skinny_linear_supported())
+except ImportError:  # the scoring wrappers report a missing build; linear still works without it
+    _native = None
+    SKINNY_AVAILABLE = False
+
+# Up to this many rows the skinny kernel beat the BLAS sgemm at Qwen3-VL-2B shapes on the
+# development CPU (1.04-1.4x at 64 rows, 0.8-0.95x at 128; bench/kernels/test_bench_linear.py).
+SKINNY_MAX_ROWS = 64
+
+
+def uses_skinny(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
+    """Whether `linear(x, weight, bias)` runs the native skinny kernel."""
+    return (
+        SKINNY_AVAILABLE
+        and x.dim() == 2
+        and 0 < x.shape[0] <= SKINNY_MAX_ROWS
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and weight.is_contiguous()
+        and (bias is None or bias.dtype == torch.float32)
+        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x [..., K], weight [N, K], bias [N] or None -> [..., N]; the contract of F.linear."""
+    if uses_skinny(x, weight, bias):
+        return _native.skinny_linear(x, weight, bias)
+    return F.linear(x, weight, bias)

@@ -23,6 +23,7 @@ OP_NAMES = (
     "mrope_cos_sin",
     "apply_rotary_",
     "silu_and_mul",
+    "linear",
 )
 
 # op -> module that defines a function of the same name, per backend.
@@ -35,6 +36,7 @@ _MODULES = {
         "mrope_cos_sin": "kernels.rotary_ref",
         "apply_rotary_": "kernels.rotary_ref",
         "silu_and_mul": "kernels.silu_mul_ref",
+        "linear": "kernels.linear",
     },
     "triton": {
         "store_kv": "kernels.kv_store",
@@ -45,6 +47,8 @@ _MODULES = {
         "mrope_cos_sin": "kernels.rotary_ref",
         "apply_rotary_": "kernels.rotary",
         "silu_and_mul": "kernels.silu_mul",
+        # cuBLAS on the GPU (the CPU skinny path only applies to CPU tensors).
+        "linear": "kernels.linear",
     },
 }
 
@@ -61,6 +65,7 @@ class KernelOps:
     mrope_cos_sin: Callable
     apply_rotary_: Callable
     silu_and_mul: Callable
+    linear: Callable
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,7 +7,7 @@ from torch import nn
 
 from models.attention import AttentionMetadata
 from models.config import ModelConfig
-from models.qwen3_vl_text import TextDecoder
+from models.qwen3_vl_text import OpsLinear, TextDecoder
 from models.qwen3_vl_vision import VisionTower
 
 
@@ -34,7 +34,7 @@ class Qwen3VL(nn.Module):
         self.cfg = cfg
         self.visual = VisionTower(cfg.vision, ops)
         self.language_model = TextDecoder(cfg.text, ops)
-        self.lm_head = nn.Linear(cfg.text.hidden_size, cfg.text.vocab_size, bias=False)
+        self.lm_head = OpsLinear(cfg.text.hidden_size, cfg.text.vocab_size, ops)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.language_model.embed_tokens.weight
 

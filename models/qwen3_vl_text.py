@@ -24,6 +24,18 @@ class RMSNorm(nn.Module):
         return self.ops.rms_norm(x, self.weight, self.eps, residual)
 
 
+class OpsLinear(nn.Linear):
+    """nn.Linear (same parameters and checkpoint names) whose product runs through the kernel
+    registry, so CPU decode steps get the skinny GEMM."""
+
+    def __init__(self, in_features: int, out_features: int, ops, bias: bool = False):
+        super().__init__(in_features, out_features, bias=bias)
+        self.ops = ops
+
+    def forward(self, x):
+        return self.ops.linear(x, self.weight, self.bias)
+
+
 class TextAttention(nn.Module):
     def __init__(self, cfg: TextConfig, ops, layer_idx: int):
         super().__init__()
@@ -32,8 +44,8 @@ class TextAttention(nn.Module):
         self.head_dim = cfg.head_dim
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = nn.Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=cfg.attention_bias)
+        self.qkv_proj = OpsLinear(cfg.hidden_size, self.q_size + 2 * self.kv_size, ops, bias=cfg.attention_bias)
+        self.o_proj = OpsLinear(self.q_size, cfg.hidden_size, ops, bias=cfg.attention_bias)
         self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, ops)
         self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps, ops)
         self.attn = PagedAttention(self.num_heads, self.num_kv_heads, self.head_dim, ops, layer_idx)
@@ -53,8 +65,8 @@ class TextAttention(nn.Module):
 class TextMLP(nn.Module):
     def __init__(self, cfg: TextConfig, ops):
         super().__init__()
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = OpsLinear(cfg.hidden_size, 2 * cfg.intermediate_size, ops)
+        self.down_proj = OpsLinear(cfg.intermediate_size, cfg.hidden_size, ops)
         self.ops = ops
 
     def forward(self, x):

@@ -115,7 +115,9 @@ class ModelSweep:
             out.append(("prefill", (n,), p.prefill(n)))
         for c in plan.decode_contexts:
             for b in plan.decode_batches:
-                out.append(("decode", (c, b), p.decode(c, plan.decode_steps + 1, b) + p.prefill(16) * b))
+                # the priming request re-prefills the prompt at worst (evicted since the last round)
+                run = p.prefill(c) + p.prefill(16) * b + p.decode(c, plan.decode_steps + 1, b)
+                out.append(("decode", (c, b), run))
         for v, t, n in plan.e2e:
             out.append(("e2e", (v, t, n), p.request(v, t, n).total))
         return out
@@ -210,15 +212,18 @@ class ModelSweep:
         return once
 
     def _decode(self, llm, context: int, batch: int):
-        """`batch` copies of one prompt of `context` tokens. A priming request puts the prompt's
-        KV in the prefix cache, so each run computes only the prompt's last partial block, then
-        `decode_steps` decode steps of the whole batch (timed by the engine, per sequence)."""
+        """`batch` copies of one prompt of `context` tokens. An untimed priming request right
+        before each run puts the prompt's KV in the prefix cache (the other points may have
+        evicted it since the last round), so the run computes only the prompt's last partial
+        block, then `decode_steps` decode steps of the whole batch (timed by the engine, per
+        sequence). Without it, the copies would prefill in turn and one copy's prefill would
+        land inside the others' decode steps."""
         prompt = self.work.text_prompt(context)
-        llm.generate(prompt, self._params(1))
         steps = self.plan.decode_steps
         fields = {"input_tokens": context, "batch": batch, "output_tokens": steps + 1}
 
         def once():
+            llm.generate(prompt, self._params(1))
             outs = llm.generate([prompt] * batch, self._params(steps + 1))
             per_step = _median([o.metrics.decode_time / (len(o.token_ids) - 1) for o in outs])
             return {"records": [("decode", fields)], "decode": per_step}

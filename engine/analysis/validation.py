@@ -7,11 +7,13 @@ End-to-end points are always held out: they check that the components add up.
 
 Regimes: the two-constant model covers matrix-vector products (decode at batch 1, bandwidth
 bound) and large matrix products (compute bound). Between them, with M rows per matmul in
-1 < M < min_gemm_rows, some BLAS libraries run far below both rates (this CPU's MKL, idle:
-about 12 GFLOP/s at 4 rows, 37 at 64, 56 at 128, 130-150 from 256). Points in that regime (decode at
-batch > 1, prefill of fewer than min_gemm_rows tokens, images of fewer visual tokens) are
-"excluded": measured and reported with their error, neither fitted nor counted as held out.
-min_gemm_rows = 0 keeps every point.
+skinny_rows < M < min_gemm_rows, some BLAS libraries run far below both rates (this CPU's MKL,
+idle: about 12 GFLOP/s at 4 rows, 37 at 64, 56 at 128, 130-150 from 256). Up to skinny_rows
+rows the engine's own skinny GEMM (kernels/linear.py) keeps a matmul at the weight-read time,
+so those points stay in. Points in the gap (prefill of fewer than min_gemm_rows tokens,
+images of fewer visual tokens, decode batches above skinny_rows) are "excluded": measured and
+reported with their error, neither fitted nor counted as held out. min_gemm_rows = 0 keeps
+every point.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ def gemm_rows(m: Measurement, cfg) -> int:
     return m.input_tokens  # prefill; e2e is dominated by its prefill's shape and batch-1 decode
 
 
-def split_points(measurements: list[Measurement], configs: dict, min_gemm_rows: int = 0) -> list[Checked]:
+def split_points(measurements: list[Measurement], configs: dict, min_gemm_rows: int = 0,
+                 skinny_rows: int = 1) -> list[Checked]:
     """configs: model name -> ModelConfig of what was measured."""
     models = list(dict.fromkeys(m.model for m in measurements))
     last = models[-1] if len(models) > 1 else None
@@ -61,7 +64,7 @@ def split_points(measurements: list[Measurement], configs: dict, min_gemm_rows: 
         c = Checked(m, measured_cost(m, cfg, cm.DTYPE_BYTES[m.dtype]), FIT)
         if m.kind == "e2e" or m.model == last:
             c.split = HELD_OUT
-        if 1 < gemm_rows(m, cfg) < min_gemm_rows:
+        if max(skinny_rows, 1) < gemm_rows(m, cfg) < min_gemm_rows:
             c.split = EXCLUDED
         out.append(c)
         if c.split == FIT:

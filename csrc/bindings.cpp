@@ -114,9 +114,10 @@ at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w,
   TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
                     "skinny_linear: need x [M, K] and w [N, K], got ", x.sizes(), " and ",
                     w.sizes());
-  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat && w.scalar_type() == at::kFloat,
-                    "skinny_linear: x and w must be float32, got ", x.scalar_type(), " and ",
-                    w.scalar_type());
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat &&
+                        (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16),
+                    "skinny_linear: x must be float32 and w float32 or bfloat16, got ",
+                    x.scalar_type(), " and ", w.scalar_type());
   TORCH_CHECK_VALUE(x.is_cpu() && w.is_cpu(), "skinny_linear: CPU tensors only");
   TORCH_CHECK_VALUE(w.is_contiguous(), "skinny_linear: w must be contiguous");
   std::optional<at::Tensor> b;
@@ -149,7 +150,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("select_tokens", &select_tokens, "budgeted, order-preserving selection",
         py::arg("scores"), py::arg("budget"), py::arg("segment_ids") = py::none(),
         py::arg("expand_segments") = false);
-  m.def("skinny_linear", &skinny_linear, "x [M, K] @ w[N, K]^T (+ bias), float32, CPU, small M",
+  m.def("skinny_linear", &skinny_linear,
+        "float32 x [M, K] @ w[N, K]^T (+ bias), w float32 or bfloat16, CPU, small M",
         py::arg("x"), py::arg("w"), py::arg("bias") = py::none());
   m.def("skinny_linear_supported", &baton::skinny_linear_supported,
         "whether this CPU runs skinny_linear (AVX2 and FMA)");

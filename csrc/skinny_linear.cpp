@@ -1,4 +1,5 @@
-// Skinny GEMM on the CPU: y[M, N] = x[M, K] @ w[N, K]^T (+ bias), float32, for small M.
+// Skinny GEMM on the CPU: y[M, N] = x[M, K] @ w[N, K]^T (+ bias) for small M; x, bias and y
+// float32, w float32 or bfloat16 (widened in registers: half the bytes, float32 arithmetic).
 //
 // Decode steps and warm prefills multiply a handful of rows by every weight matrix. At those
 // shapes the BLAS sgemm path re-packs the weight on every call, so M = 2..8 run several times
@@ -10,6 +11,7 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
+#include <c10/util/BFloat16.h>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -30,10 +32,17 @@ BATON_AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+// Eight weights as float32: float32 loads as is; bfloat16 is the top half of a float32.
+BATON_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+BATON_AVX2 inline __m256 load8(const c10::BFloat16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
 // R weight rows against C input rows: R * C accumulators, R + C loads per 8 values of K.
 // R = 4, C = 2 uses 11 of the 16 ymm registers.
-template <int R, int C>
-BATON_AVX2 void tile(const float* x, const float* w, int64_t K, const float* bias, float* y,
+template <int R, int C, typename WT>
+BATON_AVX2 void tile(const float* x, const WT* w, int64_t K, const float* bias, float* y,
                      int64_t ldy) {
   __m256 acc[R][C];
   for (int r = 0; r < R; ++r)
@@ -43,34 +52,46 @@ BATON_AVX2 void tile(const float* x, const float* w, int64_t K, const float* bia
     __m256 xv[C];
     for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * K + k);
     for (int r = 0; r < R; ++r) {
-      const __m256 wv = _mm256_loadu_ps(w + r * K + k);
+      const __m256 wv = load8(w + r * K + k);
       for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
     }
   }
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < C; ++c) {
       float s = hsum(acc[r][c]);
-      for (int64_t t = k; t < K; ++t) s += w[r * K + t] * x[c * K + t];
+      for (int64_t t = k; t < K; ++t) s += static_cast<float>(w[r * K + t]) * x[c * K + t];
       y[c * ldy + r] = bias ? s + bias[r] : s;
     }
   }
 }
 
 // R weight rows against all M input rows, two at a time.
-template <int R>
-BATON_AVX2 void row_block(const float* x, int64_t M, const float* w, int64_t K,
-                          const float* bias, float* y, int64_t ldy) {
+template <int R, typename WT>
+BATON_AVX2 void row_block(const float* x, int64_t M, const WT* w, int64_t K, const float* bias,
+                          float* y, int64_t ldy) {
   int64_t m = 0;
   for (; m + 2 <= M; m += 2) tile<R, 2>(x + m * K, w, K, bias, y + m * ldy, ldy);
   if (m < M) tile<R, 1>(x + m * K, w, K, bias, y + m * ldy, ldy);
 }
 
-BATON_AVX2 void rows_avx2(const float* x, int64_t M, const float* w, int64_t K, const float* bias,
+template <typename WT>
+BATON_AVX2 void rows_avx2(const float* x, int64_t M, const WT* w, int64_t K, const float* bias,
                           float* y, int64_t N, int64_t n0, int64_t n1) {
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4)
     row_block<4>(x, M, w + n * K, K, bias ? bias + n : nullptr, y + n, N);
   for (; n < n1; ++n) row_block<1>(x, M, w + n * K, K, bias ? bias + n : nullptr, y + n, N);
+}
+
+template <typename WT>
+void skinny(const at::Tensor& x, const at::Tensor& w, const float* bias, at::Tensor& y) {
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  const float* xp = x.data_ptr<float>();
+  const WT* wp = w.data_ptr<WT>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) {
+    rows_avx2(xp, M, wp, K, bias, yp, N, n0, n1);
+  });
 }
 
 }  // namespace
@@ -81,15 +102,13 @@ bool skinny_linear_supported() {
 
 at::Tensor skinny_linear_cpu(const at::Tensor& x, const at::Tensor& w,
                              const std::optional<at::Tensor>& bias) {
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  at::Tensor y = at::empty({M, N}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
+  at::Tensor y = at::empty({x.size(0), w.size(0)}, x.options());
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) {
-    rows_avx2(xp, M, wp, K, bp, yp, N, n0, n1);
-  });
+  if (w.scalar_type() == at::kBFloat16) {
+    skinny<c10::BFloat16>(x, w, bp, y);
+  } else {
+    skinny<float>(x, w, bp, y);
+  }
   return y;
 }
 

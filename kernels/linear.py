@@ -1,9 +1,9 @@
 """Linear layers: y = x @ weight^T (+ bias).
 
-On the CPU, float32 inputs with few rows (decode steps, warm prefills of a few tokens) go to
-the native skinny GEMM (csrc/skinny_linear.cpp), which reads each weight row once. At those
-shapes the BLAS sgemm re-packs the weight on every call: M = 2..8 ran 3-6x slower than the
-skinny kernel on the development CPU, and even M = 1 (BLAS gemv) 1.6-2.7x
+On the CPU, float32 or bfloat16 inputs with few rows (decode steps, warm prefills of a few
+tokens) go to the native skinny GEMM (csrc/skinny_linear.cpp), which reads each weight row
+once. At those shapes the BLAS sgemm re-packs the weight on every call: M = 2..8 ran 3-6x
+slower than the skinny kernel on the development CPU, and even M = 1 (BLAS gemv) 1.6-2.7x
 (bench/kernels/test_bench_linear.py measures both). Everything else, including every GPU
 call, is F.linear.
 """
@@ -23,6 +23,9 @@ except ImportError:  # the scoring wrappers report a missing build; linear still
 # Up to this many rows the skinny kernel beat the BLAS sgemm at Qwen3-VL-2B shapes on the
 # development CPU (1.04-1.4x at 64 rows, 0.8-0.95x at 128; bench/kernels/test_bench_linear.py).
 SKINNY_MAX_ROWS = 64
+# bfloat16 weights are widened in registers (float32 arithmetic, as BLAS accumulates); this
+# CPU has no bf16 instructions, so the BLAS bf16 path is emulated and many times slower.
+_SKINNY_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def uses_skinny(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
@@ -32,10 +35,10 @@ def uses_skinny(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
         and x.dim() == 2
         and 0 < x.shape[0] <= SKINNY_MAX_ROWS
         and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
+        and x.dtype == weight.dtype
+        and x.dtype in _SKINNY_DTYPES
         and weight.is_contiguous()
-        and (bias is None or bias.dtype == torch.float32)
+        and (bias is None or bias.dtype == x.dtype)
         and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)))
     )
 
@@ -43,5 +46,8 @@ def uses_skinny(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """x [..., K], weight [N, K], bias [N] or None -> [..., N]; the contract of F.linear."""
     if uses_skinny(x, weight, bias):
-        return _native.skinny_linear(x, weight, bias)
+        if x.dtype == torch.float32:
+            return _native.skinny_linear(x, weight, bias)
+        y = _native.skinny_linear(x.float(), weight, None if bias is None else bias.float())
+        return y.to(x.dtype)
     return F.linear(x, weight, bias)

@@ -31,6 +31,22 @@ def test_matches_float64_product(rows, n, k, with_bias):
 
 
 @needs_kernel
+@pytest.mark.parametrize("rows", [1, 3, SKINNY_MAX_ROWS])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_bfloat16_weights_accumulate_in_float32(rows, with_bias):
+    """bf16 in and out; the product of the bf16 values is exact in float64, so the only error
+    left is the final rounding to bf16 (and float32 accumulation)."""
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(rows, 203, generator=g).bfloat16()
+    w = torch.randn(37, 203, generator=g).bfloat16()
+    b = torch.randn(37, generator=g).bfloat16() if with_bias else None
+    assert uses_skinny(x, w, b)
+    y = linear(x, w, b)
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), _reference(x, w, b).bfloat16().double(), rtol=8e-3, atol=1e-2)
+
+
+@needs_kernel
 def test_strided_input_and_many_threads():
     x = torch.randn(6, 200)[:, ::2]  # not contiguous
     w = torch.randn(300, 100)
@@ -48,9 +64,9 @@ def test_other_shapes_and_dtypes_fall_back_to_f_linear():
     for x in (torch.randn(SKINNY_MAX_ROWS + 1, 16), torch.randn(2, 3, 16), torch.randn(0, 16)):
         assert not uses_skinny(x, w)
         torch.testing.assert_close(linear(x, w), F.linear(x, w))
-    xb, wb = torch.randn(2, 16, dtype=torch.bfloat16), w.bfloat16()
-    assert not uses_skinny(xb, wb)
-    torch.testing.assert_close(linear(xb, wb), F.linear(xb, wb))
+    xh, wh = torch.randn(2, 16, dtype=torch.float16), w.half()
+    assert not uses_skinny(xh, wh)
+    torch.testing.assert_close(linear(xh, wh), F.linear(xh, wh))
     x = torch.randn(2, 16, requires_grad=True)
     assert not uses_skinny(x, w)  # autograd needs F.linear's backward
     linear(x, w).sum().backward()
@@ -63,6 +79,8 @@ def test_native_op_rejects_bad_arguments():
         _native.skinny_linear(torch.randn(2, 8), torch.randn(4, 9))
     with pytest.raises(ValueError, match="float32"):
         _native.skinny_linear(torch.randn(2, 8).double(), torch.randn(4, 8).double())
+    with pytest.raises(ValueError, match="float32"):  # bf16 weights still take float32 inputs
+        _native.skinny_linear(torch.randn(2, 8).bfloat16(), torch.randn(4, 8).bfloat16())
     with pytest.raises(ValueError, match="contiguous"):
         _native.skinny_linear(torch.randn(2, 8), torch.randn(8, 4).T)
     with pytest.raises(ValueError, match="bias"):

@@ -1,4 +1,5 @@
-"""Linear layers with few rows (decode steps, warm prefills) at Qwen3-VL-2B shapes, CPU float32.
+"""Linear layers with few rows (decode steps, warm prefills) at Qwen3-VL-2B shapes, CPU float32
+(and bfloat16 weights for two shapes).
 
 The baseline is F.linear (BLAS sgemm); the other row is the native skinny GEMM that
 kernels.linear uses up to SKINNY_MAX_ROWS rows. Both read the same weight bytes, so GB/s is
@@ -40,3 +41,25 @@ def test_native_skinny(case, measure):
     out = measure(lambda: linear_mod._native.skinny_linear(x, w), group=group, name="native skinny",
                   bytes_moved=nbytes, flops=flops)
     torch.testing.assert_close(out, F.linear(x, w), rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(params=[(s, m) for s in ("gate_up", "down") for m in (1, 4, 16)], ids=lambda p: f"{p[0]}-M{p[1]}")
+def case_bf16(request):
+    shape, rows = request.param
+    n, k = SHAPES[shape]
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(rows, k, generator=g).bfloat16(), (torch.randn(n, k, generator=g) * 0.02).bfloat16()
+    return f"linear 2B bf16 {shape} [{n}x{k}] M={rows}", x, w, w.numel() * 2, 2 * rows * n * k
+
+
+def test_bf16_blas_f_linear(case_bf16, measure):
+    group, x, w, nbytes, flops = case_bf16
+    measure(lambda: F.linear(x, w), group=group, name="F.linear (BLAS)", bytes_moved=nbytes, flops=flops,
+            baseline=True)
+
+
+def test_bf16_skinny(case_bf16, measure):
+    group, x, w, nbytes, flops = case_bf16
+    out = measure(lambda: linear_mod.linear(x, w), group=group, name="native skinny (bf16 weights)",
+                  bytes_moved=nbytes, flops=flops)
+    torch.testing.assert_close(out.float(), F.linear(x, w).float(), rtol=2e-2, atol=2e-2)

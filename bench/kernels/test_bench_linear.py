@@ -20,14 +20,18 @@ pytestmark = pytest.mark.skipif(ON_GPU or not linear_mod.SKINNY_AVAILABLE,
                                 reason="CPU float32 path (AVX2/FMA); GPUs use cuBLAS")
 
 
-@pytest.fixture(params=[(s, m) for s in SHAPES for m in (1, 2, 4, 8, 16, 32, 64, 128)],
-                ids=lambda p: f"{p[0]}-M{p[1]}")
+CASES = ([("float32", s, m) for s in SHAPES for m in (1, 2, 4, 8, 16, 32, 64, 128)]
+         + [("bfloat16", s, m) for s in ("gate_up", "down") for m in (1, 4, 16)])
+
+
+@pytest.fixture(params=CASES, ids=lambda p: f"{p[0]}-{p[1]}-M{p[2]}")
 def case(request):
-    shape, rows = request.param
+    dtype, shape, rows = request.param
     n, k = SHAPES[shape]
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(rows, k, generator=g), torch.randn(n, k, generator=g) * 0.02
-    return f"linear 2B {shape} [{n}x{k}] M={rows}", x, w, w.numel() * 4, 2 * rows * n * k
+    x, w = x.to(getattr(torch, dtype)), w.to(getattr(torch, dtype))
+    return f"linear 2B {dtype} {shape} [{n}x{k}] M={rows}", x, w, w.numel() * w.element_size(), 2 * rows * n * k
 
 
 def test_blas_f_linear(case, measure):
@@ -38,28 +42,7 @@ def test_blas_f_linear(case, measure):
 
 def test_native_skinny(case, measure):
     group, x, w, nbytes, flops = case
-    out = measure(lambda: linear_mod._native.skinny_linear(x, w), group=group, name="native skinny",
+    # measured at every row count, also above SKINNY_MAX_ROWS, to show where BLAS wins
+    out = measure(lambda: linear_mod._native.skinny_linear(x.float(), w), group=group, name="native skinny",
                   bytes_moved=nbytes, flops=flops)
-    torch.testing.assert_close(out, F.linear(x, w), rtol=1e-4, atol=1e-4)
-
-
-@pytest.fixture(params=[(s, m) for s in ("gate_up", "down") for m in (1, 4, 16)], ids=lambda p: f"{p[0]}-M{p[1]}")
-def case_bf16(request):
-    shape, rows = request.param
-    n, k = SHAPES[shape]
-    g = torch.Generator().manual_seed(0)
-    x, w = torch.randn(rows, k, generator=g).bfloat16(), (torch.randn(n, k, generator=g) * 0.02).bfloat16()
-    return f"linear 2B bf16 {shape} [{n}x{k}] M={rows}", x, w, w.numel() * 2, 2 * rows * n * k
-
-
-def test_bf16_blas_f_linear(case_bf16, measure):
-    group, x, w, nbytes, flops = case_bf16
-    measure(lambda: F.linear(x, w), group=group, name="F.linear (BLAS)", bytes_moved=nbytes, flops=flops,
-            baseline=True)
-
-
-def test_bf16_skinny(case_bf16, measure):
-    group, x, w, nbytes, flops = case_bf16
-    out = measure(lambda: linear_mod.linear(x, w), group=group, name="native skinny (bf16 weights)",
-                  bytes_moved=nbytes, flops=flops)
-    torch.testing.assert_close(out.float(), F.linear(x, w).float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out, F.linear(x, w).float(), rtol=2e-2, atol=2e-2)

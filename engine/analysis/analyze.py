@@ -330,8 +330,8 @@ def _readme(opts, points, summary, other_summary, tm, other_tm, preset, row_gap,
     skinny_rows, min_rows = row_gap
     if min_rows:
         lines += [
-            f"Excluded points: matrix products with {max(skinny_rows, 1)} < rows < {min_rows} (prefill of fewer "
-            f"than {min_rows} tokens, images of fewer visual tokens, decode batches above {max(skinny_rows, 1)}). "
+            f"Excluded points: matrix products with {skinny_rows} < rows < {min_rows} (prefill of fewer "
+            f"than {min_rows} tokens, images of fewer visual tokens, decode batches above {skinny_rows}). "
             "On this CPU, MKL runs such GEMMs far below both the GEMV bandwidth and the large-GEMM rate (about "
             "12 GFLOP/s at 4 rows, 56 at 128, idle). They are measured and listed with their error below, but the "
             "two-constant model is not meant to describe them."

@@ -64,7 +64,7 @@ def split_points(measurements: list[Measurement], configs: dict, min_gemm_rows: 
         c = Checked(m, measured_cost(m, cfg, cm.DTYPE_BYTES[m.dtype]), FIT)
         if m.kind == "e2e" or m.model == last:
             c.split = HELD_OUT
-        if max(skinny_rows, 1) < gemm_rows(m, cfg) < min_gemm_rows:
+        if skinny_rows < gemm_rows(m, cfg) < min_gemm_rows:
             c.split = EXCLUDED
         out.append(c)
         if c.split == FIT:

@@ -17,7 +17,7 @@ from kernels import linear as linear_mod
 SHAPES = {"qkv": (4096, 2048), "o": (2048, 2048), "gate_up": (12288, 2048), "down": (2048, 6144)}
 
 pytestmark = pytest.mark.skipif(ON_GPU or not linear_mod.SKINNY_AVAILABLE,
-                                reason="CPU float32 path (AVX2/FMA); GPUs use cuBLAS")
+                                reason="CPU skinny-GEMM path (AVX2/FMA); GPUs use cuBLAS")
 
 
 CASES = ([("float32", s, m) for s in SHAPES for m in (1, 2, 4, 8, 16, 32, 64, 128)]

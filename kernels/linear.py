@@ -1,8 +1,8 @@
 """Linear layers: y = x @ weight^T (+ bias).
 
-On the CPU, float32 or bfloat16 inputs with few rows (decode steps, warm prefills of a few
-tokens) go to the native skinny GEMM (csrc/skinny_linear.cpp), which reads each weight row
-once. At those shapes the BLAS sgemm re-packs the weight on every call: M = 2..8 ran 3-6x
+On the CPU, float32 or bfloat16 inputs with up to SKINNY_MAX_ROWS rows (decode steps, warm
+prefills of tens of tokens) go to the native skinny GEMM (csrc/skinny_linear.cpp), which
+reads each weight row once. At those shapes the BLAS sgemm re-packs the weight on every call: M = 2..8 ran 3-6x
 slower than the skinny kernel on the development CPU, and even M = 1 (BLAS gemv) 1.6-2.7x
 (bench/kernels/test_bench_linear.py measures both). Everything else, including every GPU
 call, is F.linear.
@@ -20,9 +20,10 @@ except ImportError:  # the scoring wrappers report a missing build; linear still
     _native = None
     SKINNY_AVAILABLE = False
 
-# Up to this many rows the skinny kernel beat the BLAS sgemm at Qwen3-VL-2B shapes on the
-# development CPU (1.04-1.4x at 64 rows, 0.8-0.95x at 128; bench/kernels/test_bench_linear.py).
-SKINNY_MAX_ROWS = 64
+# Up to this many rows the native kernel beat the BLAS sgemm at Qwen3-VL-2B shapes on the
+# development CPU (1.1-1.7x at 64-128 rows, 1.1-1.3x at 192, 0.97-1.07x at 256;
+# bench/kernels/test_bench_linear.py). Warm prefills of tens of tokens land in this range.
+SKINNY_MAX_ROWS = 192
 # bfloat16 weights are widened in registers (float32 arithmetic, as BLAS accumulates); this
 # CPU has no bf16 instructions, so the BLAS bf16 path is emulated and many times slower.
 _SKINNY_DTYPES = (torch.float32, torch.bfloat16)

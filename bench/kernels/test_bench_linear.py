@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(ON_GPU or not linear_mod.SKINNY_AVAILABLE,
                                 reason="CPU skinny-GEMM path (AVX2/FMA); GPUs use cuBLAS")
 
 
-CASES = ([("float32", s, m) for s in SHAPES for m in (1, 2, 4, 8, 16, 32, 64, 128)]
+CASES = ([("float32", s, m) for s in SHAPES for m in (1, 2, 4, 8, 16, 32, 64, 128, 192, 256)]
          + [("bfloat16", s, m) for s in ("gate_up", "down") for m in (1, 4, 16)])
 
 

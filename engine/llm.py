@@ -121,12 +121,13 @@ class LLM:
         num_blocks = kv_cache_bytes // per_block
         if num_blocks < 1:
             raise ValueError(f"kv_cache_bytes={kv_cache_bytes} is smaller than one KV block ({per_block} bytes)")
-        self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
+        self.encoder_cache = EncoderCache(encoder_cache_bytes)
+        self.runner = ModelRunner(self.model, num_blocks, block_size, self.dtype, self.device, self.encoder_cache)
+        self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching,
+                                          copy_kv=self.runner.copy_kv_slots)
         # a sequence never outgrows the pool, so one running alone can always proceed
         self.max_seq_len = min(self.max_model_len, num_blocks * block_size)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
-        self.encoder_cache = EncoderCache(encoder_cache_bytes)
-        self.runner = ModelRunner(self.model, num_blocks, block_size, self.dtype, self.device, self.encoder_cache)
         self.eos_token_ids = set(self.processor.eos_token_ids) | set(self.model_cfg.eos_token_ids)
         self._seqs: dict[str, Sequence] = {}
         self._counter = itertools.count()

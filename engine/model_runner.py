@@ -44,6 +44,12 @@ class ModelRunner:
         elem = torch.empty((), dtype=dtype).element_size()
         return 2 * t.num_hidden_layers * block_size * t.num_key_value_heads * t.head_dim * elem
 
+    def copy_kv_slots(self, src: int, dst: int, num_tokens: int) -> None:
+        """K/V of the first num_tokens slots of block src into block dst, every layer (partial
+        prefix reuse). Queued on the device like any kernel, so it lands before the next step
+        writes into either block."""
+        self.kv_cache[:, :, dst, :num_tokens].copy_(self.kv_cache[:, :, src, :num_tokens])
+
     # -- vision -------------------------------------------------------------------------
     def _encode_missing(self, batch: ScheduledBatch) -> dict[str, EncoderOutput]:
         """Encoder outputs of every image whose tokens are computed this step; the misses are

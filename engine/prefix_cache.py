@@ -4,8 +4,14 @@ A block's key chains over its parent's digest, its token ids and the image ident
 image tokens, so the same text over a different image never matches. The digest is a
 128-bit BLAKE2 and every hit is confirmed against the stored tokens and image keys.
 
-`PrefixCache` is the interface the block manager uses (match / insert / evict / sizes); a
-radix tree could implement it instead of the hash table below without touching the scheduler.
+A block that is not full (the computed tail of a finished sequence) can be inserted too. It
+never serves as a shared block; `best_partial` finds the cached child of a parent whose
+leading tokens agree longest with a new block, and the block manager copies that many token
+slots into a fresh block, so a follow-up prompt recomputes none of the shared tail.
+
+`PrefixCache` is the interface the block manager uses (match / best_partial / insert / evict
+/ sizes); a radix tree could implement it instead of the hash table below without touching
+the scheduler.
 """
 from __future__ import annotations
 
@@ -36,6 +42,12 @@ class PrefixCache(ABC):
         """Block id holding exactly `key`, or None."""
 
     @abstractmethod
+    def best_partial(self, parent: bytes, tokens: tuple[int, ...], extras: tuple) -> tuple[int, int] | None:
+        """(block id, t): a cached block under `parent` whose first t >= 1 tokens equal the
+        first t of `tokens`, t as large as possible; None when no block shares a first token.
+        Blocks whose image identities differ from `extras` never match."""
+
+    @abstractmethod
     def insert(self, key: BlockKey, block_id: int) -> None:
         """Records that `block_id` holds `key` (first writer wins on duplicates)."""
 
@@ -56,6 +68,7 @@ class HashPrefixCache(PrefixCache):
     def __init__(self):
         self._by_digest: dict[bytes, tuple[int, BlockKey]] = {}
         self._digest_of: dict[int, bytes] = {}
+        self._children: dict[bytes, dict[int, BlockKey]] = {}  # parent digest -> its cached blocks
 
     def match(self, key: BlockKey) -> int | None:
         hit = self._by_digest.get(key.digest())
@@ -69,14 +82,37 @@ class HashPrefixCache(PrefixCache):
             return
         self._by_digest[digest] = (block_id, key)
         self._digest_of[block_id] = digest
+        self._children.setdefault(key.parent, {})[block_id] = key
+
+    def best_partial(self, parent: bytes, tokens: tuple[int, ...], extras: tuple) -> tuple[int, int] | None:
+        best = None
+        for block_id, key in self._children.get(parent, {}).items():
+            if key.extras != extras:  # conservative: any image difference in the block
+                continue
+            t = _common_prefix(key.tokens, tokens)
+            if t and (best is None or t > best[1]):
+                best = (block_id, t)
+        return best
 
     def evict(self, block_id: int) -> None:
         digest = self._digest_of.pop(block_id, None)
         if digest is not None:
-            del self._by_digest[digest]
+            _, key = self._by_digest.pop(digest)
+            siblings = self._children[key.parent]
+            del siblings[block_id]
+            if not siblings:
+                del self._children[key.parent]
 
     def holds(self, block_id: int) -> bool:
         return block_id in self._digest_of
 
     def __len__(self) -> int:
         return len(self._digest_of)
+
+
+def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n

@@ -67,7 +67,10 @@ class Scheduler:
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
             hits = self.bm.match_prefix(seq)
-            n = min(len(seq) - len(hits) * self.bm.block_size, budget)
+            n = min(len(seq) - hits.num_tokens, budget)
+            if hits.partial_block is not None and not self.bm.can_admit(seq, hits, n):
+                hits = hits.whole_blocks()  # the copy's source would hold the block it needs
+                n = min(len(seq) - hits.num_tokens, budget)
             if not self.bm.can_admit(seq, hits, n):
                 if not self.running and not picked:
                     # Can never fit even alone: the engine checks capacity at submission,

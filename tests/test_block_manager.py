@@ -1,23 +1,64 @@
-"""Block manager and prefix cache, without a model: reuse rules, image-aware keys, invariants."""
+"""Block manager and prefix cache, without a model: reuse rules, image-aware keys, invariants.
+
+FakeKV stands in for the KV pool: 'computing' position p of a sequence writes what its K/V
+would depend on (every token and image identity up to p) into the slot, and copy_kv copies
+slots. Whatever the cache serves must then equal what a from-scratch computation writes."""
 import hypothesis.strategies as st
 from hypothesis import given, settings
 
-from engine.block_manager import BlockManager
+from engine.block_manager import BlockManager, PrefixMatch
 from tests.helpers import FakeImage, make_seq
 
 BS = 4
 
 
-def run_prefill(bm, seq):
-    """Admit with prefix matching and 'compute' the whole prompt, as the scheduler would."""
+def kv_content(seq, p):
+    """What the K/V at position p depends on: the tokens and images of positions 0..p."""
+    images = tuple((s.content_hash, s.offset) for s in seq.image_spans if s.offset <= p)
+    return tuple(seq.token_ids[:p + 1]), images
+
+
+class FakeKV:
+    def __init__(self, num_blocks):
+        self.slots = [[None] * BS for _ in range(num_blocks)]
+        self.copies = []
+
+    def copy(self, src, dst, n):
+        assert src != dst
+        self.copies.append((src, dst, n))
+        self.slots[dst][:n] = self.slots[src][:n]
+
+    def compute(self, seq, start, end):
+        for p in range(start, end):
+            self.slots[seq.block_table[p // BS]][p % BS] = kv_content(seq, p)
+
+    def check(self, seq):
+        for p in range(seq.num_computed_tokens):
+            got = self.slots[seq.block_table[p // BS]][p % BS]
+            assert got == kv_content(seq, p), f"{seq.request_id}: slot of position {p} holds other K/V"
+
+
+def token_manager(num_blocks):
+    """A block manager with token-granular reuse over a FakeKV."""
+    kv = FakeKV(num_blocks)
+    return BlockManager(num_blocks, BS, copy_kv=kv.copy), kv
+
+
+def run_prefill(bm, seq, kv=None):
+    """Admit with prefix matching and 'compute' the whole prompt, as the scheduler would;
+    returns the number of prompt tokens the cache served."""
     hits = bm.match_prefix(seq)
-    n = len(seq) - len(hits) * BS
+    n = len(seq) - hits.num_tokens
     assert bm.can_admit(seq, hits, n)
     bm.admit(seq, hits)
+    assert seq.num_computed_tokens == hits.num_tokens
     bm.append_slots(seq, n)
+    if kv is not None:
+        kv.check(seq)  # the served prefix is exactly what computing it would have written
+        kv.compute(seq, seq.num_computed_tokens, len(seq))
     seq.num_computed_tokens += n
     bm.commit(seq)
-    return len(hits) * BS
+    return hits.num_tokens
 
 
 def test_repeated_prompt_hits_all_full_blocks_but_the_last_token():
@@ -90,11 +131,76 @@ def test_lru_eviction_prefers_uncached_then_oldest_cached():
     run_prefill(bm, b)
     assert bm.num_cached_blocks == 2
     c = make_seq("c", list(range(200, 213)), BS)  # needs all 4 blocks -> evicts both cached
-    assert not bm.can_admit(c, [], len(c))
+    assert not bm.can_admit(c, PrefixMatch(), len(c))
     bm.free(b)
     run_prefill(bm, c)
     d = make_seq("d", list(range(9)), BS)
-    assert bm.match_prefix(d) == []
+    assert bm.match_prefix(d).num_tokens == 0
+    bm.check_invariants()
+
+
+def test_follow_up_reuses_a_finished_sequence_tail_token_by_token():
+    bm, kv = token_manager(16)
+    a = make_seq("a", list(range(10)), BS)  # 2 full blocks + a 2-token tail
+    run_prefill(bm, a, kv)
+    a_table = list(a.block_table)
+    bm.free(a)
+    b = make_seq("b", list(range(10)) + [60, 61, 62], BS)
+    assert run_prefill(bm, b, kv) == 10  # 8 shared + 2 copied slots
+    assert b.block_table[:2] == a_table[:2] and b.block_table[2] != a_table[2]
+    assert len(kv.copies) == 1 and kv.copies[0][2] == 2
+    bm.check_invariants()
+
+
+def test_prompt_diverging_mid_block_copies_the_common_slots():
+    """The multi-agent case: a later stage's prompt extends an earlier stage's prompt, whose
+    block holds generated tokens after the shared ones."""
+    bm, kv = token_manager(16)
+    a = make_seq("a", list(range(12)), BS)
+    run_prefill(bm, a, kv)
+    b = make_seq("b", list(range(10)) + [99, 98, 97], BS)
+    assert run_prefill(bm, b, kv) == 10
+    assert b.block_table[:2] == a.block_table[:2]
+    assert b.block_table[2] != a.block_table[2]  # copied, never shared: b writes into it
+    kv.check(a)  # a's own block is untouched
+    bm.check_invariants()
+
+
+def test_partial_reuse_still_recomputes_the_last_token():
+    bm, kv = token_manager(16)
+    a = make_seq("a", list(range(10)), BS)
+    run_prefill(bm, a, kv)
+    bm.free(a)
+    assert run_prefill(bm, make_seq("b", list(range(10)), BS), kv) == 9
+
+
+def test_partial_reuse_respects_images_in_the_block():
+    bm, kv = token_manager(16)
+    toks = [1, 2, 3, 4, 5, 7, 7, 8, 9]
+    a = make_seq("a", toks, BS, images=[FakeImage(5, 2, "img-A")])
+    run_prefill(bm, a, kv)
+    bm.free(a)
+    b = make_seq("b", toks + [10], BS, images=[FakeImage(5, 2, "img-B")])
+    assert run_prefill(bm, b, kv) == 4  # block 1 holds the other image: only block 0 serves
+    bm.free(b)
+    c = make_seq("c", toks + [10], BS, images=[FakeImage(5, 2, "img-A")])
+    assert run_prefill(bm, c, kv) == 9
+
+
+def test_full_pool_drops_the_partial_copy_instead_of_refusing():
+    """When the copy's source is the only block that could be evicted, the scheduler admits
+    with whole blocks only."""
+    from engine.scheduler import Scheduler
+
+    bm, kv = token_manager(3)
+    a = make_seq("a", list(range(10)), BS)
+    run_prefill(bm, a, kv)
+    bm.free(a)
+    sched = Scheduler(bm, max_num_seqs=4, max_num_batched_tokens=64)
+    b = make_seq("b", list(range(9)) + [77, 78, 79], BS)
+    sched.add(b)
+    batch = sched.schedule()
+    assert batch.seqs == [b] and b.num_computed_tokens == 8 and kv.copies == []
     bm.check_invariants()
 
 
@@ -105,21 +211,25 @@ ops = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(ops)
-def test_random_operations_keep_invariants(operations):
-    bm = BlockManager(12, BS)
+@given(ops, st.booleans())
+def test_random_operations_keep_invariants(operations, token_granular):
+    """Random admissions (shared prefixes that end mid-block), growth and frees: blocks are
+    never lost or double-owned, and every computed slot holds its own sequence's K/V."""
+    bm, kv = token_manager(12) if token_granular else (BlockManager(12, BS), FakeKV(12))
     live = {}
     counter = 0
     for op, pick, n in operations:
         if op == "add":
-            prefix = [pick % 3] * (pick % 3 + 1) * 4  # a few shared prefixes
-            seq = make_seq(f"s{counter}", prefix + [counter + 1000] * n, BS)
+            prefix = [pick % 3] * ((pick % 3 + 1) * 3)  # a few shared prefixes, not block-aligned
+            seq = make_seq(f"s{counter}", prefix + [50 + n % 2] * (n % 3) + [counter + 1000] * n, BS)
             counter += 1
             hits = bm.match_prefix(seq)
-            todo = len(seq) - len(hits) * BS
+            todo = len(seq) - hits.num_tokens
             if bm.can_admit(seq, hits, todo):
                 bm.admit(seq, hits)
                 bm.append_slots(seq, todo)
+                kv.check(seq)
+                kv.compute(seq, seq.num_computed_tokens, len(seq))
                 seq.num_computed_tokens += todo
                 bm.commit(seq)
                 live[seq.request_id] = seq
@@ -128,12 +238,15 @@ def test_random_operations_keep_invariants(operations):
             if bm.can_append(seq, n):
                 seq.token_ids.extend([7] * n)
                 bm.append_slots(seq, n)
+                kv.compute(seq, seq.num_computed_tokens, len(seq))
                 seq.num_computed_tokens += n
                 bm.commit(seq)
         elif op == "free" and live:
             seq = live.pop(list(live)[pick % len(live)])
             bm.free(seq)
         bm.check_invariants()
+        for seq in live.values():
+            kv.check(seq)
         owned = sum(len(s.block_table) for s in live.values())
         assert owned >= 12 - bm.num_free_blocks  # shared blocks count once in the pool
     for seq in live.values():

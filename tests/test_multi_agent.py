@@ -48,7 +48,7 @@ def test_auto_transfers_on_disagreement_and_large_reuses_its_prompt(team):
     assert sum(s.vision_encoder_calls for s in large) == 1
     brief = next(s for s in res.stages if s.name == "large-brief")
     final = next(s for s in res.stages if s.name == "large-final")
-    assert final.cached_tokens >= brief.prompt_tokens - team.engines["large"].block_size
+    assert final.cached_tokens >= brief.prompt_tokens  # token-granular: nothing of stage 1 recomputed
     reason = next(s for s in res.stages if s.name == "small-reason")
     assert len(res.transferred_token_ids) in (reason.output_tokens, reason.output_tokens - 1)  # minus a stop token
     assert final.prompt_tokens > brief.prompt_tokens + len(res.transferred_token_ids) - 1
@@ -76,7 +76,7 @@ def test_reason_modes_answer_after_reasoning_with_prefix_reuse(team):
     res = team.run(question(4), mode="large-reason")
     assert [s.name for s in res.stages] == ["large-reason", "large-answer"]
     reason, answer = res.stages
-    assert answer.cached_tokens >= reason.prompt_tokens - team.engines["large"].block_size
+    assert answer.cached_tokens >= reason.prompt_tokens + reason.output_tokens - 1
     assert answer.vision_encoder_calls == 0
 
 

@@ -49,6 +49,29 @@ def test_repeat_hits_all_but_one_block_and_skips_the_vision_encoder(tiny_llm_fac
     assert second.token_ids == first.token_ids
 
 
+def test_reuse_is_token_granular_and_outputs_match_a_fresh_engine(tiny_llm_factory):
+    """A repeat serves all but the last token; a prompt that leaves the first one mid-block
+    serves every shared token (the partial block's slots are copied), and both generate
+    exactly what an engine without the cache does."""
+    llm = tiny_llm_factory()
+    fresh = tiny_llm_factory(enable_prefix_caching=False)
+    first = llm.generate(ask("Partial?"), GREEDY)[0]
+    n = len(first.prompt_token_ids)
+    assert n % llm.block_size != 0, "the test needs a prompt that ends mid-block"
+    again = llm.generate(ask("Partial?"), GREEDY)[0]
+    assert again.num_cached_tokens == n - 1
+    assert again.token_ids == first.token_ids
+    # extend the first prompt by its answer's first tokens and a new question: the first
+    # prompt plus two computed answer tokens are cached, the rest diverges mid-block
+    follow_ids = first.prompt_token_ids + first.token_ids[:2] + first.prompt_token_ids[-7:]
+    follow = {"prompt_token_ids": follow_ids, "images": [IMG_A]}
+    out = llm.generate(follow, GREEDY)[0]
+    assert out.num_cached_tokens >= n + 2
+    assert out.token_ids == fresh.generate(follow, GREEDY)[0].token_ids
+    s = llm.stats()
+    assert s["kv_blocks_free"] == s["kv_blocks_total"]
+
+
 def test_same_text_different_image_never_hits_image_blocks(tiny_llm_factory):
     llm = tiny_llm_factory()
     a = llm.generate(ask("Same words"), GREEDY)[0]

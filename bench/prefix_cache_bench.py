@@ -61,7 +61,7 @@ def main():
         # new session text and new pixels: nothing cached, the image is encoded anew
         fresh = request(0, make_demo_image(args.image_size, args.image_size, seed=100 + r), session=100 + r)
         t, cached = ttft(llm, fresh)
-        assert cached == 0
+        assert cached < llm.block_size  # at most the chat template's first tokens, never the image
         cold.append(t)
         t, cached = ttft(llm, fresh)
         warm.append(t)

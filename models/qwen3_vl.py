@@ -7,7 +7,8 @@ from torch import nn
 
 from models.attention import AttentionMetadata
 from models.config import ModelConfig
-from models.qwen3_vl_text import OpsLinear, TextDecoder
+from models.ops_linear import OpsLinear
+from models.qwen3_vl_text import TextDecoder
 from models.qwen3_vl_vision import VisionTower
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from models.attention import AttentionMetadata, PagedAttention
 from models.config import TextConfig, rope_inv_freq
+from models.ops_linear import OpsLinear
 
 
 class RMSNorm(nn.Module):
@@ -22,18 +23,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x, residual=None):
         return self.ops.rms_norm(x, self.weight, self.eps, residual)
-
-
-class OpsLinear(nn.Linear):
-    """nn.Linear (same parameters and checkpoint names) whose product runs through the kernel
-    registry, so CPU decode steps get the skinny GEMM."""
-
-    def __init__(self, in_features: int, out_features: int, ops, bias: bool = False):
-        super().__init__(in_features, out_features, bias=bias)
-        self.ops = ops
-
-    def forward(self, x):
-        return self.ops.linear(x, self.weight, self.bias)
 
 
 class TextAttention(nn.Module):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import VisionConfig, rope_inv_freq
+from models.ops_linear import OpsLinear
 
 
 class VisionAttention(nn.Module):
@@ -18,8 +19,8 @@ class VisionAttention(nn.Module):
         super().__init__()
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size, bias=True)
-        self.proj = nn.Linear(cfg.hidden_size, cfg.hidden_size, bias=True)
+        self.qkv = OpsLinear(cfg.hidden_size, 3 * cfg.hidden_size, ops, bias=True)
+        self.proj = OpsLinear(cfg.hidden_size, cfg.hidden_size, ops, bias=True)
         self.ops = ops
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seqlens: list[int]) -> torch.Tensor:
@@ -41,10 +42,10 @@ class VisionAttention(nn.Module):
 
 
 class VisionMLP(nn.Module):
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, cfg: VisionConfig, ops):
         super().__init__()
-        self.linear_fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=True)
-        self.linear_fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=True)
+        self.linear_fc1 = OpsLinear(cfg.hidden_size, cfg.intermediate_size, ops, bias=True)
+        self.linear_fc2 = OpsLinear(cfg.intermediate_size, cfg.hidden_size, ops, bias=True)
         self.approximate = "tanh" if cfg.hidden_act == "gelu_pytorch_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,7 +58,7 @@ class VisionBlock(nn.Module):
         self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=1e-6)
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=1e-6)
         self.attn = VisionAttention(cfg, ops)
-        self.mlp = VisionMLP(cfg)
+        self.mlp = VisionMLP(cfg, ops)
 
     def forward(self, x, cos, sin, seqlens):
         x = x + self.attn(self.norm1(x), cos, sin, seqlens)

@@ -31,11 +31,12 @@ def test_matches_float64_product(rows, n, k, with_bias):
 
 
 @needs_kernel
-@pytest.mark.parametrize("rows", [1, 3, SKINNY_MAX_ROWS])
+@pytest.mark.parametrize("rows", [1, 3, SKINNY_MAX_ROWS, 2 * SKINNY_MAX_ROWS + 5])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_bfloat16_weights_accumulate_in_float32(rows, with_bias):
-    """bf16 in and out; the product of the bf16 values is exact in float64, so the only error
-    left is the final rounding to bf16 (and float32 accumulation)."""
+    """bf16 in and out, at any row count (torch's bf16 GEMM is emulated on CPUs without bf16
+    instructions); the product of the bf16 values is exact in float64, so the only error left
+    is the final rounding to bf16 (and float32 accumulation)."""
     g = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, 203, generator=g).bfloat16()
     w = torch.randn(37, 203, generator=g).bfloat16()

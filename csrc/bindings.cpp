@@ -1,11 +1,13 @@
 // pybind11 bindings of `kernels._native`: structural argument checks, then dispatch by device.
-// Ops: token scoring (token_stats, attention_scores, select_tokens) and the CPU skinny GEMM.
+// Ops: token scoring (token_stats, attention_scores, select_tokens), the CPU skinny GEMM and
+// the CPU paged decode attention.
 //
 // The Python wrappers in kernels/scoring.py are the public entry points and validate values
 // (token id ranges, segment order, NaN scores) with user-facing messages; the checks here keep
 // direct callers memory-safe.
 #include <torch/extension.h>
 
+#include "paged_decode_cpu.h"
 #include "scoring.h"
 #include "skinny_linear.h"
 
@@ -131,6 +133,51 @@ at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w,
   return baton::skinny_linear_cpu(x.contiguous(), w, b);
 }
 
+at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
+                                  const at::Tensor& v_cache, const at::Tensor& block_tables,
+                                  const at::Tensor& context_lens, double scale) {
+  constexpr const char* op = "paged_decode_attention";
+  TORCH_CHECK_VALUE(q.dim() == 3 && k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(),
+                    op, ": need q [B, Hq, D] and k/v caches [blocks, block_size, Hkv, D], got ",
+                    q.sizes(), ", ", k_cache.sizes(), " and ", v_cache.sizes());
+  const int64_t B = q.size(0), Hq = q.size(1), D = q.size(2);
+  const int64_t num_blocks = k_cache.size(0), block_size = k_cache.size(1), Hkv = k_cache.size(2);
+  TORCH_CHECK_VALUE(k_cache.size(3) == D && Hkv > 0 && Hq % Hkv == 0 && D % 8 == 0, op,
+                    ": head_dim must match (a multiple of 8) and Hq a multiple of Hkv, got q ",
+                    q.sizes(), " and caches ", k_cache.sizes());
+  TORCH_CHECK_VALUE((q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16) &&
+                        k_cache.scalar_type() == q.scalar_type() &&
+                        v_cache.scalar_type() == q.scalar_type(),
+                    op, ": q and the caches must share one dtype, float32 or bfloat16, got ",
+                    q.scalar_type(), ", ", k_cache.scalar_type(), ", ", v_cache.scalar_type());
+  TORCH_CHECK_VALUE(q.is_cpu() && k_cache.is_cpu() && v_cache.is_cpu() && block_tables.is_cpu() &&
+                        context_lens.is_cpu(),
+                    op, ": CPU tensors only");
+  TORCH_CHECK_VALUE(k_cache.is_contiguous() && v_cache.is_contiguous(), op,
+                    ": the caches must be contiguous");
+  TORCH_CHECK_VALUE(block_tables.dim() == 2 && block_tables.size(0) == B &&
+                        block_tables.scalar_type() == at::kInt && context_lens.dim() == 1 &&
+                        context_lens.size(0) == B && context_lens.scalar_type() == at::kInt,
+                    op, ": need int32 block_tables [B, max_blocks] and context_lens [B] with B = ",
+                    B);
+  const at::Tensor tables = block_tables.contiguous();
+  const at::Tensor lens = context_lens.contiguous();
+  const int32_t* tp = tables.data_ptr<int32_t>();
+  const int32_t* lp = lens.data_ptr<int32_t>();
+  for (int64_t b = 0; b < B; ++b) {  // every block the kernel will read must exist
+    TORCH_CHECK_VALUE(lp[b] >= 0 && lp[b] <= tables.size(1) * block_size, op, ": context_lens[",
+                      b, "] = ", lp[b], " does not fit ", tables.size(1), " blocks of ",
+                      block_size);
+    for (int64_t i = 0; i < (lp[b] + block_size - 1) / block_size; ++i) {
+      const int32_t id = tp[b * tables.size(1) + i];
+      TORCH_CHECK_VALUE(id >= 0 && id < num_blocks, op, ": block_tables[", b, ", ", i, "] = ",
+                        id, " is not a block of the cache (", num_blocks, " blocks)");
+    }
+  }
+  TORCH_CHECK(baton::paged_decode_cpu_supported(), op, ": needs a CPU with AVX2 and FMA");
+  return baton::paged_decode_cpu(q.contiguous(), k_cache, v_cache, tables, lens, scale);
+}
+
 bool with_cuda() {
 #ifdef BATON_WITH_CUDA
   return true;
@@ -142,7 +189,8 @@ bool with_cuda() {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "Baton's native ops: token scoring (kernels/scoring.py) and the CPU skinny GEMM (kernels/linear.py)";
+  m.doc() = "Baton's native ops: token scoring (kernels/scoring.py), the CPU skinny GEMM "
+            "(kernels/linear.py) and CPU paged decode attention (kernels/paged_decode_cpu.py)";
   m.def("token_stats", &token_stats, "entropy, max_prob, margin, logprob per logits row",
         py::arg("logits"), py::arg("token_ids"));
   m.def("attention_scores", &attention_scores, "reduce attn [H, Q, K] to [K]", py::arg("attn"),
@@ -155,5 +203,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("w"), py::arg("bias") = py::none());
   m.def("skinny_linear_supported", &baton::skinny_linear_supported,
         "whether this CPU runs skinny_linear (AVX2 and FMA)");
+  m.def("paged_decode_attention", &paged_decode_attention,
+        "CPU paged decode attention: q [B, Hq, D] over k/v caches through block tables",
+        py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("block_tables"),
+        py::arg("context_lens"), py::arg("scale"));
+  m.def("paged_decode_supported", &baton::paged_decode_cpu_supported,
+        "whether this CPU runs paged_decode_attention (AVX2 and FMA)");
   m.def("with_cuda", &with_cuda, "whether the CUDA kernels were compiled in");
 }

@@ -1,5 +1,5 @@
-// Skinny GEMM on the CPU: y[M, N] = x[M, K] @ w[N, K]^T (+ bias) for small M; x, bias and y
-// float32, w float32 or bfloat16 (widened in registers: half the bytes, float32 arithmetic).
+// Skinny GEMM on the CPU: y[M, N] = x[M, K] @ w[N, K]^T (+ bias) for few rows (any M with
+// bfloat16 weights); x, bias, y float32, w float32 or bfloat16 (widened in registers).
 //
 // Decode steps and warm prefills multiply a handful of rows by every weight matrix. At those
 // shapes the BLAS sgemm path re-packs the weight on every call, so M = 2..8 run several times
@@ -11,33 +11,18 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <c10/util/BFloat16.h>
 
-#if defined(__x86_64__)
-#include <immintrin.h>
-#define BATON_AVX2 __attribute__((target("avx2,fma")))
-#endif
+#include "cpu_simd.h"
 
 namespace baton {
 
 #if defined(__x86_64__)
 namespace {
 
+using simd::hsum;
+using simd::load8;
+
 constexpr int64_t kGrain = 64;  // weight rows per task: enough work to amortise a task
-
-BATON_AVX2 inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// Eight weights as float32: float32 loads as is; bfloat16 is the top half of a float32.
-BATON_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-BATON_AVX2 inline __m256 load8(const c10::BFloat16* p) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
 
 // R weight rows against C input rows: R * C accumulators, R + C loads per 8 values of K.
 // R = 4, C = 3 fills the 16 ymm registers (12 sums, 3 inputs, 1 weight vector): 12 FMAs per
@@ -99,9 +84,7 @@ void skinny(const at::Tensor& x, const at::Tensor& w, const float* bias, at::Ten
 
 }  // namespace
 
-bool skinny_linear_supported() {
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
+bool skinny_linear_supported() { return simd::cpu_has_avx2_fma(); }
 
 at::Tensor skinny_linear_cpu(const at::Tensor& x, const at::Tensor& w,
                              const std::optional<at::Tensor>& bias) {

@@ -30,7 +30,7 @@ OP_NAMES = (
 _MODULES = {
     "torch": {
         "store_kv": "kernels.kv_store_ref",
-        "paged_decode_attention": "kernels.paged_decode_ref",
+        "paged_decode_attention": "kernels.paged_decode_cpu",  # native on CPU, else torch
         "prefix_extend_attention": "kernels.prefix_extend_ref",
         "rms_norm": "kernels.rms_norm_ref",
         "mrope_cos_sin": "kernels.rotary_ref",

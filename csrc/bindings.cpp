@@ -8,6 +8,7 @@
 #include <torch/extension.h>
 
 #include "paged_decode_cpu.h"
+#include "rms_norm_cpu.h"
 #include "scoring.h"
 #include "skinny_linear.h"
 
@@ -178,6 +179,26 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
   return baton::paged_decode_cpu(q.contiguous(), k_cache, v_cache, tables, lens, scale);
 }
 
+std::tuple<at::Tensor, at::Tensor> rms_norm(const at::Tensor& x, const at::Tensor& weight,
+                                            double eps, const std::optional<at::Tensor>& residual) {
+  constexpr const char* op = "rms_norm";
+  TORCH_CHECK_VALUE(x.dim() >= 1 && weight.dim() == 1 && weight.size(0) == x.size(-1), op,
+                    ": need x [..., H] and weight [H], got ", x.sizes(), " and ", weight.sizes());
+  TORCH_CHECK_VALUE((x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) &&
+                        weight.scalar_type() == x.scalar_type(),
+                    op, ": x and weight must share one dtype, float32 or bfloat16, got ",
+                    x.scalar_type(), " and ", weight.scalar_type());
+  TORCH_CHECK_VALUE(x.is_cpu() && weight.is_cpu(), op, ": CPU tensors only");
+  std::optional<at::Tensor> r;
+  if (residual.has_value()) {
+    TORCH_CHECK_VALUE(residual->sizes() == x.sizes() && residual->scalar_type() == x.scalar_type() &&
+                          residual->is_cpu(),
+                      op, ": residual must match x (", x.sizes(), ", ", x.scalar_type(), ")");
+    r = residual->contiguous();
+  }
+  return baton::rms_norm_cpu(x.contiguous(), weight.contiguous(), eps, r);
+}
+
 bool with_cuda() {
 #ifdef BATON_WITH_CUDA
   return true;
@@ -209,5 +230,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("context_lens"), py::arg("scale"));
   m.def("paged_decode_supported", &baton::paged_decode_cpu_supported,
         "whether this CPU runs paged_decode_attention (AVX2 and FMA)");
+  m.def("rms_norm", &rms_norm, "CPU RMSNorm with optional fused residual add -> (out, new_residual)",
+        py::arg("x"), py::arg("weight"), py::arg("eps"), py::arg("residual") = py::none());
   m.def("with_cuda", &with_cuda, "whether the CUDA kernels were compiled in");
 }

@@ -32,7 +32,7 @@ _MODULES = {
         "store_kv": "kernels.kv_store_ref",
         "paged_decode_attention": "kernels.paged_decode_cpu",  # native on CPU, else torch
         "prefix_extend_attention": "kernels.prefix_extend_ref",
-        "rms_norm": "kernels.rms_norm_ref",
+        "rms_norm": "kernels.rms_norm_cpu",  # native on CPU, else torch
         "mrope_cos_sin": "kernels.rotary_ref",
         "apply_rotary_": "kernels.rotary_ref",
         "silu_and_mul": "kernels.silu_mul_ref",

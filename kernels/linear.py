@@ -21,7 +21,7 @@ except ImportError:  # the scoring wrappers report a missing build; linear still
     SKINNY_AVAILABLE = False
 
 # Up to this many rows the native kernel beat the BLAS sgemm at Qwen3-VL-2B shapes on the
-# development CPU (1.1-1.7x at 64-128 rows, 1.1-1.3x at 192, 0.97-1.07x at 256;
+# development CPU (1.07-2.0x at 64-128 rows, 1.0-1.27x at 192, 0.86-1.18x at 256;
 # bench/kernels/test_bench_linear.py). Warm prefills of tens of tokens land in this range.
 SKINNY_MAX_ROWS = 192
 # bfloat16 weights are widened in registers (float32 arithmetic, as BLAS accumulates), at any

@@ -96,6 +96,8 @@ BATON_AVX2 void attend_run(const float* qf, const T* k_cache, const T* v_cache,
     out[D] = m;
     out[D + 1] = l;
   }
+  // The same walk as for K, written out: a lambda would not inherit the AVX2 target, and
+  // dot/axpy would stop inlining.
   for (int64_t i = run.block_begin; i < run.block_end; ++i) {
     const T* base = v_cache + static_cast<int64_t>(table[i]) * block_size * row;
     const int64_t t0 = i * block_size, count = std::min(block_size, t_end - t0);

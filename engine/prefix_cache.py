@@ -64,11 +64,51 @@ class PrefixCache(ABC):
         """Number of cached blocks."""
 
 
+class _TokenTrie:
+    """Cached blocks under one (parent, image identities), by their tokens: each node lists the
+    blocks whose tokens pass through it, so the longest shared run of a new block is one walk
+    of at most block_size steps, however many siblings are cached."""
+
+    __slots__ = ("children", "holders")
+
+    def __init__(self):
+        self.children: dict[int, _TokenTrie] = {}
+        self.holders: dict[int, None] = {}  # block ids, insertion-ordered
+
+    def add(self, tokens: tuple[int, ...], block_id: int) -> None:
+        node = self
+        for tok in tokens:
+            node = node.children.setdefault(tok, _TokenTrie())
+            node.holders[block_id] = None
+
+    def remove(self, tokens: tuple[int, ...], block_id: int) -> None:
+        path, node = [], self
+        for tok in tokens:
+            path.append((node, tok))
+            node = node.children[tok]
+            del node.holders[block_id]
+        for parent, tok in reversed(path):  # prune nodes no block passes through
+            if parent.children[tok].holders:
+                break
+            del parent.children[tok]
+
+    def longest(self, tokens: tuple[int, ...]) -> tuple[int, int] | None:
+        node, depth = self, 0
+        for tok in tokens:
+            child = node.children.get(tok)
+            if child is None:
+                break
+            node, depth = child, depth + 1
+        return (next(iter(node.holders)), depth) if depth else None
+
+
 class HashPrefixCache(PrefixCache):
     def __init__(self):
         self._by_digest: dict[bytes, tuple[int, BlockKey]] = {}
         self._digest_of: dict[int, bytes] = {}
-        self._children: dict[bytes, dict[int, BlockKey]] = {}  # parent digest -> its cached blocks
+        # (parent digest, image identities) -> its cached blocks by token; image identities
+        # must match whole (conservative: any image difference in the block never matches)
+        self._tries: dict[tuple[bytes, tuple], _TokenTrie] = {}
 
     def match(self, key: BlockKey) -> int | None:
         hit = self._by_digest.get(key.digest())
@@ -82,37 +122,23 @@ class HashPrefixCache(PrefixCache):
             return
         self._by_digest[digest] = (block_id, key)
         self._digest_of[block_id] = digest
-        self._children.setdefault(key.parent, {})[block_id] = key
+        self._tries.setdefault((key.parent, key.extras), _TokenTrie()).add(key.tokens, block_id)
 
     def best_partial(self, parent: bytes, tokens: tuple[int, ...], extras: tuple) -> tuple[int, int] | None:
-        best = None
-        for block_id, key in self._children.get(parent, {}).items():
-            if key.extras != extras:  # conservative: any image difference in the block
-                continue
-            t = _common_prefix(key.tokens, tokens)
-            if t and (best is None or t > best[1]):
-                best = (block_id, t)
-        return best
+        trie = self._tries.get((parent, extras))
+        return trie.longest(tokens) if trie is not None else None
 
     def evict(self, block_id: int) -> None:
         digest = self._digest_of.pop(block_id, None)
         if digest is not None:
             _, key = self._by_digest.pop(digest)
-            siblings = self._children[key.parent]
-            del siblings[block_id]
-            if not siblings:
-                del self._children[key.parent]
+            trie = self._tries[(key.parent, key.extras)]
+            trie.remove(key.tokens, block_id)
+            if not trie.children:
+                del self._tries[(key.parent, key.extras)]
 
     def holds(self, block_id: int) -> bool:
         return block_id in self._digest_of
 
     def __len__(self) -> int:
         return len(self._digest_of)
-
-
-def _common_prefix(a: tuple[int, ...], b: tuple[int, ...]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n

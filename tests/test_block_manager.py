@@ -254,3 +254,43 @@ def test_random_operations_keep_invariants(operations, token_granular):
     assert bm.num_free_blocks == 12
     assert all(rc == 0 for rc in bm.ref_counts)
     bm.check_invariants()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 3), st.lists(st.integers(0, 2), min_size=1, max_size=BS),
+                          st.sampled_from([(), (("img", 1),)])), min_size=1, max_size=40),
+       st.lists(st.integers(0, 2), min_size=1, max_size=BS))
+def test_best_partial_equals_a_scan_of_every_cached_block(operations, query):
+    """The token trie behind best_partial against the obvious loop over the live keys."""
+    from engine.prefix_cache import BlockKey, HashPrefixCache
+
+    cache, live = HashPrefixCache(), {}
+    for block_id, (insert, parent, tokens, extras) in enumerate(operations):
+        if insert:
+            key = BlockKey(bytes([parent]), tuple(tokens), extras)
+            cache.insert(key, block_id)
+            if cache.holds(block_id):
+                live[block_id] = key
+        elif live:
+            victim = list(live)[parent % len(live)]
+            cache.evict(victim)
+            del live[victim]
+        for p in range(4):
+            for extras_q in [(), (("img", 1),)]:
+                def common(k):
+                    n = 0
+                    while n < min(len(k.tokens), len(query)) and k.tokens[n] == query[n]:
+                        n += 1
+                    return n
+
+                depths = [common(k) for k in live.values() if k.parent == bytes([p]) and k.extras == extras_q]
+                want = max(depths, default=0)
+                got = cache.best_partial(bytes([p]), tuple(query), extras_q)
+                if want == 0:
+                    assert got is None
+                else:
+                    block_id_got, depth = got
+                    assert depth == want and common(live[block_id_got]) == want
+    for block_id in list(live):
+        cache.evict(block_id)
+    assert len(cache) == 0 and not cache._tries

@@ -1,12 +1,20 @@
-// AVX2/FMA helpers shared by the CPU kernels (skinny_linear.cpp, paged_decode_cpu.cpp).
-// Every function carries the target attribute, so the files build without -mavx2 and the
-// callers check the CPU at run time (cpu_has_avx2_fma) before entering them.
+// Helpers shared by the CPU kernels (skinny_linear.cpp, paged_decode_cpu.cpp,
+// rms_norm_cpu.cpp). The AVX2/FMA ones carry the target attribute, so the files build without
+// -mavx2 and the callers check the CPU at run time (cpu_has_avx2_fma) before entering them.
 #pragma once
+
+#include <c10/util/BFloat16.h>
+
+namespace baton::simd {
+
+// Scalar widening for the loops written once for both dtypes.
+inline float to_float(float v) { return v; }
+inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
+
+}  // namespace baton::simd
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-
-#include <c10/util/BFloat16.h>
 
 #define BATON_AVX2 __attribute__((target("avx2,fma")))
 

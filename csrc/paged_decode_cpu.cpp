@@ -29,6 +29,7 @@ namespace {
 
 using simd::hsum;
 using simd::load8;
+using simd::to_float;
 
 template <typename T>
 BATON_AVX2 float dot(const float* q, const T* k, int64_t D) {
@@ -48,9 +49,6 @@ BATON_AVX2 void axpy(float a, const T* v, float* acc, int64_t D) {
   for (int64_t d = 0; d < D; d += 8)
     _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(av, load8(v + d), _mm256_loadu_ps(acc + d)));
 }
-
-inline float to_float(float x) { return x; }
-inline float to_float(c10::BFloat16 x) { return static_cast<float>(x); }
 
 struct Run {
   int64_t seq, block_begin, block_end;

@@ -18,8 +18,7 @@
 namespace baton {
 namespace {
 
-inline float to_float(float v) { return v; }
-inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
+using simd::to_float;
 
 #if defined(__x86_64__)
 // Eight partial sums: the compiler may not reorder a float sum itself.

@@ -1,6 +1,6 @@
-"""Builds the native scoring ops (csrc/) as `kernels._native`.
+"""Builds the native scoring ops (csrc/) as `baton.kernels._native`.
 
-The CPU sources always build; the CUDA sources are added when torch was built with CUDA and
+The CPU sources always build (unless BATON_NO_NATIVE=1); the CUDA sources are added when torch was built with CUDA and
 nvcc is available. Metadata lives in pyproject.toml.
 """
 import glob
@@ -21,14 +21,14 @@ def native_extension():
         with_cuda = False
     if with_cuda:
         return cpp_extension.CUDAExtension(
-            "kernels._native",
+            "baton.kernels._native",
             cpp_sources + cu_sources,
             define_macros=[("BATON_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math"]},
             extra_link_args=["-fopenmp"],
         )
     return cpp_extension.CppExtension(
-        "kernels._native",
+        "baton.kernels._native",
         cpp_sources,
         extra_compile_args={"cxx": cxx_flags},
         extra_link_args=["-fopenmp"],
@@ -41,6 +41,9 @@ def _torch_has_cuda():
     return torch.version.cuda is not None
 
 
-ext_modules = [native_extension()] if glob.glob("csrc/*.cpp") else []
+# BATON_NO_NATIVE=1 builds the pure-Python package alone (packaging checks; the scoring ops
+# and native CPU kernels then report themselves unavailable and fall back where they can).
+_skip_native = os.environ.get("BATON_NO_NATIVE") == "1"
+ext_modules = [native_extension()] if glob.glob("csrc/*.cpp") and not _skip_native else []
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": cpp_extension.BuildExtension})

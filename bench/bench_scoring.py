@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.scoring import (
+from baton.kernels.scoring import (
     select_tokens,
     select_tokens_reference,
     token_stats,

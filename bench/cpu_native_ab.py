@@ -22,12 +22,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import kernels.linear as linear_mod  # noqa: E402
-import kernels.paged_decode_cpu as decode_mod  # noqa: E402
-import kernels.rms_norm_cpu as norm_mod  # noqa: E402
+import baton.kernels.linear as linear_mod  # noqa: E402
+import baton.kernels.paged_decode_cpu as decode_mod  # noqa: E402
+import baton.kernels.rms_norm_cpu as norm_mod  # noqa: E402
 from bench.common import print_table  # noqa: E402
-from engine import LLM, SamplingParams  # noqa: E402
-from models.synthetic import ensure_checkpoint  # noqa: E402
+from baton import LLM, SamplingParams  # noqa: E402
+from baton.models.synthetic import ensure_checkpoint  # noqa: E402
 
 MODULES = (linear_mod, "SKINNY_AVAILABLE"), (decode_mod, "NATIVE_AVAILABLE"), (norm_mod, "NATIVE_AVAILABLE")
 
@@ -47,7 +47,7 @@ def main():
     args = ap.parse_args()
     defaults = [getattr(m, f) for m, f in MODULES]
     if not any(defaults):
-        sys.exit("no native CPU kernel is available here (kernels._native not built, or no AVX2/FMA)")
+        sys.exit("no native CPU kernel is available here (baton.kernels._native not built, or no AVX2/FMA)")
 
     llm = LLM(str(ensure_checkpoint(args.preset)), device="cpu", kv_cache_bytes=2 << 30)
     vocab = llm.model_cfg.text.vocab_size

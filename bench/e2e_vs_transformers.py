@@ -16,9 +16,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import measure_read_bandwidth, median_time, print_table, weight_bytes  # noqa: E402
-from engine import LLM, SamplingParams  # noqa: E402
-from engine.demo import make_demo_image  # noqa: E402
-from models.synthetic import ensure_checkpoint  # noqa: E402
+from baton import LLM, SamplingParams  # noqa: E402
+from baton.engine.demo import make_demo_image  # noqa: E402
+from baton.models.synthetic import ensure_checkpoint  # noqa: E402
 
 PAD = "<|vision_start|><|image_pad|><|vision_end|>"
 

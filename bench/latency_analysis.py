@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from engine.analysis.command import add_arguments, run_from_args  # noqa: E402
+from baton.engine.analysis.command import add_arguments, run_from_args  # noqa: E402
 
 
 def main(argv=None) -> int:

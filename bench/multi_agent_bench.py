@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import print_table  # noqa: E402
-from engine import LLM, MultiAgent, SamplingParams  # noqa: E402
-from engine.demo import make_demo_image, print_stages  # noqa: E402
-from models.synthetic import ensure_checkpoint  # noqa: E402
+from baton import LLM, MultiAgent, SamplingParams  # noqa: E402
+from baton.engine.demo import make_demo_image, print_stages  # noqa: E402
+from baton.models.synthetic import ensure_checkpoint  # noqa: E402
 
 MODES = ["small", "large", "small-reason", "large-reason", "transfer", "auto"]
 

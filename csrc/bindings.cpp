@@ -1,4 +1,4 @@
-// pybind11 bindings of `kernels._native`: structural argument checks, then dispatch by device.
+// pybind11 bindings of `baton.kernels._native`: structural argument checks, then dispatch by device.
 // Ops: token scoring (token_stats, attention_scores, select_tokens), the CPU skinny GEMM and
 // the CPU paged decode attention.
 //
@@ -22,7 +22,7 @@ Device device_of(const at::Tensor& t, const char* op) {
     return Device::kCuda;
 #else
     TORCH_CHECK(false, op,
-                ": got a CUDA tensor but kernels._native was built without CUDA; rebuild it "
+                ": got a CUDA tensor but baton.kernels._native was built without CUDA; rebuild it "
                 "with a CUDA build of torch and nvcc on PATH: pip install -e . "
                 "--no-build-isolation");
 #endif

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from engine.errors import InvalidRequestError
+from baton.errors import InvalidRequestError
 
 
 @dataclass

@@ -16,8 +16,8 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from engine.prefix_cache import BlockKey, HashPrefixCache, PrefixCache
-from engine.sequence import Sequence
+from baton.engine.prefix_cache import BlockKey, HashPrefixCache, PrefixCache
+from baton.engine.sequence import Sequence
 
 
 @dataclass

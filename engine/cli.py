@@ -6,15 +6,15 @@ import sys
 
 
 def _cmd_demo(args) -> int:
-    from engine.demo import run_demo
+    from baton.engine.demo import run_demo
 
     run_demo(args.cache_dir, args.max_tokens)
     return 0
 
 
 def _cmd_chat(args) -> int:
-    from engine import LLM, SamplingParams
-    from engine.demo import print_output
+    from baton import LLM, SamplingParams
+    from baton.engine.demo import print_output
 
     llm = LLM(args.model, device=args.device, dtype=args.dtype, attention_backend=args.attention_backend)
     content = [{"type": "image", "image": path} for path in args.image or []]
@@ -25,8 +25,8 @@ def _cmd_chat(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from engine import MultiAgent
-    from engine.demo import print_cache_figures, print_stages
+    from baton import MultiAgent
+    from baton.engine.demo import print_cache_figures, print_stages
 
     common = dict(device=args.device, dtype=args.dtype, attention_backend=args.attention_backend)
     team = MultiAgent(args.small, args.large, reason_max_tokens=args.reason_max_tokens,
@@ -49,7 +49,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_analyze(args) -> int:
-    from engine.analysis.command import run_from_args
+    from baton.engine.analysis.command import run_from_args
 
     return run_from_args(args)
 
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--attention-backend", default="auto")
     run.set_defaults(func=_cmd_run)
 
-    from engine.analysis.command import add_arguments as add_analyze_arguments
+    from baton.engine.analysis.command import add_arguments as add_analyze_arguments
 
     analyze = sub.add_parser("analyze", help="latency analysis of VLM components with a calibrated cost model "
                                              "(--quick: a few minutes on a CPU)")
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
-    from engine.errors import BatonError
+    from baton.errors import BatonError
 
     try:
         return args.func(args)

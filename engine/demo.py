@@ -65,8 +65,8 @@ DEMO_MODES = ("small", "large", "small-reason", "large-reason", "transfer", "aut
 
 
 def run_demo(cache_dir: str | None = None, max_tokens: int = 24) -> None:
-    from engine import MultiAgent, SamplingParams
-    from models.synthetic import ensure_checkpoint
+    from baton import MultiAgent, SamplingParams
+    from baton.models.synthetic import ensure_checkpoint
 
     print("Baton demo: synthetic random-weight Qwen3-VL pair (same tokenizer, different sizes).")
     print("The weights are random, so the answers are meaningless; the mechanics and timings are real.")

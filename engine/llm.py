@@ -10,19 +10,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from engine.block_manager import BlockManager
-from engine.encoder_cache import EncoderCache
-from engine.errors import BatonError, InvalidRequestError
-from engine.host_allocator import tune_host_allocator
-from engine.model_runner import ModelRunner
-from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
-from engine.scheduler import Scheduler
-from engine.sequence import Sequence
-from kernels.registry import get_ops, resolve_backend
-from models.config import load_config
-from models.factory import load_model
-from models.processor import Processor
+from baton.engine.block_manager import BlockManager
+from baton.engine.encoder_cache import EncoderCache
+from baton.errors import BatonError, InvalidRequestError
+from baton.engine.host_allocator import tune_host_allocator
+from baton.engine.model_runner import ModelRunner
+from baton.engine.outputs import RequestOutput
+from baton.engine.sampling_params import SamplingParams
+from baton.engine.scheduler import Scheduler
+from baton.engine.sequence import Sequence
+from baton.kernels.registry import get_ops, resolve_backend
+from baton.models.config import load_config
+from baton.models.factory import load_model
+from baton.models.processor import Processor
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_MAX_MODEL_LEN = 32768
@@ -139,8 +139,8 @@ class LLM:
         holds the tokenizer and preprocessor_config.json used to build prompts."""
         import json
 
-        from models.config import parse_config
-        from models.factory import random_model
+        from baton.models.config import parse_config
+        from baton.models.factory import random_model
 
         if not isinstance(config, dict):
             config = json.loads(Path(config).read_text())

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.encoder_cache import EncoderCache, EncoderOutput
-from engine.sampler import Sampler
-from engine.scheduler import ScheduledBatch
-from engine.sequence import Sequence
-from models.attention import AttentionCapture, AttentionMetadata
+from baton.engine.encoder_cache import EncoderCache, EncoderOutput
+from baton.engine.sampler import Sampler
+from baton.engine.scheduler import ScheduledBatch
+from baton.engine.sequence import Sequence
+from baton.models.attention import AttentionCapture, AttentionMetadata
 
 
 @dataclass
@@ -167,7 +167,7 @@ class ModelRunner:
         want = [i for i, s in enumerate(seqs) if s.token_stats is not None]
         if not want:
             return
-        from kernels import token_stats  # native op; only needed when a request asks for stats
+        from baton.kernels import token_stats  # native op; only needed when a request asks for stats
 
         ids = torch.tensor([tokens[i] for i in want], dtype=torch.long, device=logits.device)
         st = token_stats(logits[want], ids)

@@ -13,14 +13,14 @@ import time
 import torch
 from dataclasses import dataclass, field
 
-from engine.agent_prompts import AgentPrompts, PromptBuilder
-from engine.answers import answers_agree
-from engine.errors import BatonError, InvalidRequestError
-from engine.llm import LLM
-from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
-from engine.selection import POLICIES, segment_ids, select
-from engine.trace import StageRecord, chrome_trace
+from baton.engine.agent_prompts import AgentPrompts, PromptBuilder
+from baton.engine.answers import answers_agree
+from baton.errors import BatonError, InvalidRequestError
+from baton.engine.llm import LLM
+from baton.engine.outputs import RequestOutput
+from baton.engine.sampling_params import SamplingParams
+from baton.engine.selection import POLICIES, segment_ids, select
+from baton.engine.trace import StageRecord, chrome_trace
 
 MODES = ("small", "large", "small-reason", "large-reason", "transfer", "auto")
 
@@ -76,7 +76,7 @@ class MultiAgent:
 
     @staticmethod
     def _build_pair(small_path, large_path, kv_cache_bytes, llm_kwargs):
-        from models.config import load_config
+        from baton.models.config import load_config
 
         if kv_cache_bytes is None:
             return LLM(small_path, **llm_kwargs), LLM(large_path, **llm_kwargs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.sequence import Sequence
+from baton.engine.sequence import Sequence
 
 
 class Sampler:

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from engine.block_manager import BlockManager
-from engine.sequence import Sequence, SequenceStatus
+from baton.engine.block_manager import BlockManager
+from baton.engine.sequence import Sequence, SequenceStatus
 
 
 @dataclass

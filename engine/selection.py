@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from engine.errors import InvalidRequestError
+from baton.errors import InvalidRequestError
 
 POLICIES = ("full", "truncate", "entropy", "attention")
 SEGMENTS = ("none", "word", "step")
@@ -66,7 +66,7 @@ def select(policy: str, n: int, budget, *, stats: dict | None = None, attention:
         if attention is None or attention.numel() != n:
             raise InvalidRequestError("the attention selector needs one attention score per reasoning token")
         scores = attention.float()
-    from kernels import select_tokens
+    from baton.kernels import select_tokens
 
     picked = select_tokens(scores, k, segments, expand_segments=segments is not None)
     return picked.tolist()

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.outputs import RequestMetrics
-from engine.sampling_params import SamplingParams
+from baton.engine.outputs import RequestMetrics
+from baton.engine.sampling_params import SamplingParams
 
 
 class SequenceStatus(enum.Enum):

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 try:
-    from kernels import _native
+    from baton.kernels import _native
 
     SKINNY_AVAILABLE = bool(_native.skinny_linear_supported())
 except ImportError:  # the scoring wrappers report a missing build; linear still works without it

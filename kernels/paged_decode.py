@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import dot_precision, interpreting, load_paged_kv, next_pow2
+from baton.kernels.triton_utils import dot_precision, interpreting, load_paged_kv, next_pow2
 
 LOG2E = 1.4426950408889634
 

@@ -8,10 +8,10 @@ the whole context into contiguous tensors first and then calls SDPA. Same contra
 """
 import torch
 
-from kernels import paged_decode_ref
+from baton.kernels import paged_decode_ref
 
 try:
-    from kernels import _native
+    from baton.kernels import _native
 
     NATIVE_AVAILABLE = bool(_native.paged_decode_supported())
 except (ImportError, AttributeError):  # no build (or an older one): the torch path still works

@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from kernels.paged_decode_ref import gather_kv
+from baton.kernels.paged_decode_ref import gather_kv
 
 
 def prefix_extend_attention(

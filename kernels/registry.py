@@ -29,26 +29,26 @@ OP_NAMES = (
 # op -> module that defines a function of the same name, per backend.
 _MODULES = {
     "torch": {
-        "store_kv": "kernels.kv_store_ref",
-        "paged_decode_attention": "kernels.paged_decode_cpu",  # native on CPU, else torch
-        "prefix_extend_attention": "kernels.prefix_extend_ref",
-        "rms_norm": "kernels.rms_norm_cpu",  # native on CPU, else torch
-        "mrope_cos_sin": "kernels.rotary_ref",
-        "apply_rotary_": "kernels.rotary_ref",
-        "silu_and_mul": "kernels.silu_mul_ref",
-        "linear": "kernels.linear",
+        "store_kv": "baton.kernels.kv_store_ref",
+        "paged_decode_attention": "baton.kernels.paged_decode_cpu",  # native on CPU, else torch
+        "prefix_extend_attention": "baton.kernels.prefix_extend_ref",
+        "rms_norm": "baton.kernels.rms_norm_cpu",  # native on CPU, else torch
+        "mrope_cos_sin": "baton.kernels.rotary_ref",
+        "apply_rotary_": "baton.kernels.rotary_ref",
+        "silu_and_mul": "baton.kernels.silu_mul_ref",
+        "linear": "baton.kernels.linear",
     },
     "triton": {
-        "store_kv": "kernels.kv_store",
-        "paged_decode_attention": "kernels.paged_decode",
-        "prefix_extend_attention": "kernels.prefix_extend",
-        "rms_norm": "kernels.rms_norm",
+        "store_kv": "baton.kernels.kv_store",
+        "paged_decode_attention": "baton.kernels.paged_decode",
+        "prefix_extend_attention": "baton.kernels.prefix_extend",
+        "rms_norm": "baton.kernels.rms_norm",
         # Computed once per step from a few thousand positions: torch is enough.
-        "mrope_cos_sin": "kernels.rotary_ref",
-        "apply_rotary_": "kernels.rotary",
-        "silu_and_mul": "kernels.silu_mul",
+        "mrope_cos_sin": "baton.kernels.rotary_ref",
+        "apply_rotary_": "baton.kernels.rotary",
+        "silu_and_mul": "baton.kernels.silu_mul",
         # cuBLAS on the GPU (the CPU skinny path only applies to CPU tensors).
-        "linear": "kernels.linear",
+        "linear": "baton.kernels.linear",
     },
 }
 

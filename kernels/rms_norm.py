@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton_utils import next_pow2, rows_per_program
+from baton.kernels.triton_utils import next_pow2, rows_per_program
 
 
 @triton.jit

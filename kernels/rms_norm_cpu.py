@@ -5,10 +5,10 @@ from typing import Optional
 
 import torch
 
-from kernels import rms_norm_ref
+from baton.kernels import rms_norm_ref
 
 try:
-    from kernels import _native
+    from baton.kernels import _native
 
     NATIVE_AVAILABLE = hasattr(_native, "rms_norm")
 except ImportError:  # no build: the torch path still works

@@ -1,6 +1,6 @@
 """Token scoring ops for reasoning transfer: which of the small model's reasoning tokens matter.
 
-The ops run in the native extension `kernels._native` (C++ on CPU tensors, CUDA on CUDA
+The ops run in the native extension `baton.kernels._native` (C++ on CPU tensors, CUDA on CUDA
 tensors; sources in csrc/). There is deliberately no torch fallback: without the extension,
 importing this module raises ImportError naming the build command. The plain-torch
 references (`*_reference`) define the contracts; tests and benchmarks compare against them.
@@ -10,15 +10,15 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from engine.errors import InvalidRequestError
+from baton.errors import InvalidRequestError
 
 BUILD_COMMAND = "pip install -e . --no-build-isolation"
 
 try:
-    from kernels import _native
+    from baton.kernels import _native
 except ImportError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     raise ImportError(
-        f"Baton's native scoring ops (kernels._native) are not built or failed to load ({exc}). "
+        f"Baton's native scoring ops (baton.kernels._native) are not built or failed to load ({exc}). "
         f"Build them from the repository root with: {BUILD_COMMAND}"
     ) from exc
 
@@ -152,7 +152,7 @@ def _check_device(t: torch.Tensor) -> None:
     if t.device.type == "cuda":
         if not _native.with_cuda():
             raise RuntimeError(
-                "got a CUDA tensor but kernels._native was built without CUDA; rebuild it with "
+                "got a CUDA tensor but baton.kernels._native was built without CUDA; rebuild it with "
                 f"a CUDA build of torch and nvcc on PATH: {BUILD_COMMAND}"
             )
     elif t.device.type != "cpu":

@@ -73,7 +73,7 @@ def capture_attention(q, k_cache, v_cache, cap: AttentionCapture, scale: float) 
     pos = torch.arange(cap.pos_start, ctx, device=q.device)[:, None]
     logits = logits.masked_fill(torch.arange(ctx, device=q.device)[None, :] > pos, float("-inf"))
     probs = logits.softmax(dim=-1)[:, :, cap.key_start:cap.key_end]
-    from kernels import attention_scores
+    from baton.kernels import attention_scores
 
     return attention_scores(probs.contiguous(), reduce="sum")
 

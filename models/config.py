@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import CheckpointError
+from baton.errors import CheckpointError
 
 SUPPORTED_MODEL_TYPES = ("qwen3_vl",)
 

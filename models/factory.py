@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from models.config import ModelConfig
-from models.loader import load_weights
-from models.qwen3_vl import Qwen3VL
+from baton.models.config import ModelConfig
+from baton.models.loader import load_weights
+from baton.models.qwen3_vl import Qwen3VL
 
 
 @contextlib.contextmanager

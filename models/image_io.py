@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from engine.errors import InvalidRequestError
+from baton.errors import InvalidRequestError
 
 
 def _describe(obj) -> str:

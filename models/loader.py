@@ -9,7 +9,7 @@ from typing import Iterator
 import torch
 from safetensors import safe_open
 
-from engine.errors import CheckpointError
+from baton.errors import CheckpointError
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"

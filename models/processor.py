@@ -22,8 +22,8 @@ from typing import Sequence
 
 import torch
 
-from engine.errors import CheckpointError, InvalidRequestError
-from models.image_io import content_hash, load_image
+from baton.errors import CheckpointError, InvalidRequestError
+from baton.models.image_io import content_hash, load_image
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"

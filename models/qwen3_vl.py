@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.attention import AttentionMetadata
-from models.config import ModelConfig
-from models.ops_linear import OpsLinear
-from models.qwen3_vl_text import TextDecoder
-from models.qwen3_vl_vision import VisionTower
+from baton.models.attention import AttentionMetadata
+from baton.models.config import ModelConfig
+from baton.models.ops_linear import OpsLinear
+from baton.models.qwen3_vl_text import TextDecoder
+from baton.models.qwen3_vl_vision import VisionTower
 
 
 class Qwen3VL(nn.Module):

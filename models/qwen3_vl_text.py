@@ -9,9 +9,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.attention import AttentionMetadata, PagedAttention
-from models.config import TextConfig, rope_inv_freq
-from models.ops_linear import OpsLinear
+from baton.models.attention import AttentionMetadata, PagedAttention
+from baton.models.config import TextConfig, rope_inv_freq
+from baton.models.ops_linear import OpsLinear
 
 
 class RMSNorm(nn.Module):

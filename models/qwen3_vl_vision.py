@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.config import VisionConfig, rope_inv_freq
-from models.ops_linear import OpsLinear
+from baton.models.config import VisionConfig, rope_inv_freq
+from baton.models.ops_linear import OpsLinear
 
 
 class VisionAttention(nn.Module):

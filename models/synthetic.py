@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from models import tokenizer_builder
+from baton.models import tokenizer_builder
 
 GENERATOR_VERSION = 3  # bump when weights / files for the same preset change
 

@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """A tiny random-weight Qwen3-VL checkpoint in the Hugging Face layout."""
-    from models.synthetic import build_synthetic_checkpoint
+    from baton.models.synthetic import build_synthetic_checkpoint
 
     return build_synthetic_checkpoint(tmp_path_factory.mktemp("tiny"), "tiny", seed=0)
 
@@ -25,7 +25,7 @@ def tiny_checkpoint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llm_factory(tiny_checkpoint):
     """Builds engines over the shared tiny checkpoint (fp32, torch backend, CPU)."""
-    from engine import LLM
+    from baton import LLM
 
     def make(**kwargs):
         kwargs.setdefault("device", "cpu")

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from engine.sampling_params import SamplingParams
-from engine.sequence import Sequence
+from baton.engine.sampling_params import SamplingParams
+from baton.engine.sequence import Sequence
 
 
 @dataclass

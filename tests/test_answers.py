@@ -1,7 +1,7 @@
 """Answer normalisation used by mutual verification."""
 import pytest
 
-from engine.answers import answers_agree, normalize_answer
+from baton.engine.answers import answers_agree, normalize_answer
 
 
 @pytest.mark.parametrize("a,b", [

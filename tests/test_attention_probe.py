@@ -1,8 +1,8 @@
 """The engine's attention probe vs transformers' eager attention weights (last layer)."""
 import torch
 
-from engine import SamplingParams
-from engine.demo import make_demo_image
+from baton import SamplingParams
+from baton.engine.demo import make_demo_image
 from tests.parity_utils import hf_inputs
 
 

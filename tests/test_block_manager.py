@@ -6,7 +6,7 @@ slots. Whatever the cache serves must then equal what a from-scratch computation
 import hypothesis.strategies as st
 from hypothesis import given, settings
 
-from engine.block_manager import BlockManager, PrefixMatch
+from baton.engine.block_manager import BlockManager, PrefixMatch
 from tests.helpers import FakeImage, make_seq
 
 BS = 4
@@ -190,7 +190,7 @@ def test_partial_reuse_respects_images_in_the_block():
 def test_full_pool_drops_the_partial_copy_instead_of_refusing():
     """When the copy's source is the only block that could be evicted, the scheduler admits
     with whole blocks only."""
-    from engine.scheduler import Scheduler
+    from baton.engine.scheduler import Scheduler
 
     bm, kv = token_manager(3)
     a = make_seq("a", list(range(10)), BS)
@@ -262,7 +262,7 @@ def test_random_operations_keep_invariants(operations, token_granular):
        st.lists(st.integers(0, 2), min_size=1, max_size=BS))
 def test_best_partial_equals_a_scan_of_every_cached_block(operations, query):
     """The token trie behind best_partial against the obvious loop over the live keys."""
-    from engine.prefix_cache import BlockKey, HashPrefixCache
+    from baton.engine.prefix_cache import BlockKey, HashPrefixCache
 
     cache, live = HashPrefixCache(), {}
     for block_id, (insert, parent, tokens, extras) in enumerate(operations):

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from engine.analysis import cost_model as cm
-from engine.analysis.calibration import TimeModel, fit_time_model
-from engine.analysis.devices import PRESETS, parse_device
-from models.config import parse_config
+from baton.engine.analysis import cost_model as cm
+from baton.engine.analysis.calibration import TimeModel, fit_time_model
+from baton.engine.analysis.devices import PRESETS, parse_device
+from baton.models.config import parse_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "models" / "configs"
 

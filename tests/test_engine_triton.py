@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from engine import SamplingParams
-from engine.demo import make_demo_image
+from baton import SamplingParams
+from baton.engine.demo import make_demo_image
 
 PAD = "<|vision_start|><|image_pad|><|vision_end|>"
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import paged_decode_ref, prefix_extend_ref
-from kernels.kv_store_ref import store_kv
-from kernels.registry import OP_NAMES, get_ops, resolve_backend, triton_available
-from kernels.rms_norm_ref import rms_norm
-from kernels.rotary_ref import apply_rotary_, mrope_cos_sin
-from kernels.silu_mul_ref import silu_and_mul
-from kernels.testing import (
+from baton.kernels import paged_decode_ref, prefix_extend_ref
+from baton.kernels.kv_store_ref import store_kv
+from baton.kernels.registry import OP_NAMES, get_ops, resolve_backend, triton_available
+from baton.kernels.rms_norm_ref import rms_norm
+from baton.kernels.rotary_ref import apply_rotary_, mrope_cos_sin
+from baton.kernels.silu_mul_ref import silu_and_mul
+from baton.kernels.testing import (
     make_decode_case,
     make_extend_case,
     naive_decode_attention,

@@ -12,12 +12,12 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernels import (  # noqa: E402
+from baton.kernels import (  # noqa: E402
     kv_store, kv_store_ref, paged_decode, paged_decode_ref, prefix_extend, prefix_extend_ref,
     rms_norm, rms_norm_ref, rotary, rotary_ref, silu_mul, silu_mul_ref,
 )
-from kernels.registry import OP_NAMES, get_ops  # noqa: E402
-from kernels.testing import make_decode_case, make_extend_case, naive_decode_attention  # noqa: E402
+from baton.kernels.registry import OP_NAMES, get_ops  # noqa: E402
+from baton.kernels.testing import make_decode_case, make_extend_case, naive_decode_attention  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from engine.analysis.calibration import TimeModel
-from engine.analysis.crossover import crossovers, largest_faster
-from engine.analysis.modes import ModeTokens, mode_latency
-from engine.analysis.predictor import LatencyPredictor
-from engine.analysis.variants import parse_variant, real_variant, scaled_variant
+from baton.engine.analysis.calibration import TimeModel
+from baton.engine.analysis.crossover import crossovers, largest_faster
+from baton.engine.analysis.modes import ModeTokens, mode_latency
+from baton.engine.analysis.predictor import LatencyPredictor
+from baton.engine.analysis.variants import parse_variant, real_variant, scaled_variant
 
 
 # -- pieces (no measurement) -----------------------------------------------------------------
@@ -77,8 +77,8 @@ def test_scaled_variant_keeps_widths_and_remaps_deepstack():
 def tiny_sweep(tmp_path_factory):
     """One scaled 2B (1 text layer, 1 vision block, real widths), a handful of points; five
     timed rounds, since CI machines are shared and a median of three still wanders."""
-    from engine.analysis.analyze import AnalysisOptions, run_analysis
-    from engine.analysis.sweep import SweepPlan
+    from baton.engine.analysis.analyze import AnalysisOptions, run_analysis
+    from baton.engine.analysis.sweep import SweepPlan
 
     plan = SweepPlan(visual_tokens=[256], prefill_lengths=[256, 512], decode_contexts=[64, 512, 1024],
                      decode_batches=[1], decode_steps=8, e2e=[(256, 240, 4)], warmup=0, repeats=5)
@@ -120,7 +120,7 @@ def test_cost_model_predicts_held_out_points_within_20_percent(tiny_sweep):
 
 
 def test_baton_analyze_from_csv_redoes_the_analysis_without_measuring(tiny_sweep, tmp_path, capsys):
-    from engine.cli import main
+    from baton.engine.cli import main
 
     assert main(["analyze", "--from-csv", str(tiny_sweep.out_dir / "measurements.csv"), "--out", str(tmp_path),
                  "--no-progress", "--target", "h200:bandwidth_efficiency=0.5"]) == 0

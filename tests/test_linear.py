@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import _native
-from kernels.linear import SKINNY_AVAILABLE, SKINNY_MAX_ROWS, linear, uses_skinny
+from baton.kernels import _native
+from baton.kernels.linear import SKINNY_AVAILABLE, SKINNY_MAX_ROWS, linear, uses_skinny
 
 needs_kernel = pytest.mark.skipif(not SKINNY_AVAILABLE, reason="CPU without AVX2/FMA: F.linear only")
 
@@ -91,8 +91,8 @@ def test_native_op_rejects_bad_arguments():
 @needs_kernel
 def test_engine_runs_the_skinny_kernel_with_unchanged_outputs(tiny_llm_factory, monkeypatch):
     """Decode steps go through the kernel, and greedy tokens equal the all-BLAS run."""
-    import kernels.linear as linear_mod
-    from engine import SamplingParams
+    import baton.kernels.linear as linear_mod
+    from baton import SamplingParams
 
     calls = []
 

@@ -1,8 +1,8 @@
 """LLM request handling: stop conditions, bad input, and batches where one request is bad."""
 import pytest
 
-from engine import CheckpointError, InvalidRequestError, SamplingParams
-from engine.demo import make_demo_image
+from baton import CheckpointError, InvalidRequestError, SamplingParams
+from baton.engine.demo import make_demo_image
 
 PAD = "<|vision_start|><|image_pad|><|vision_end|>"
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
@@ -106,7 +106,7 @@ def test_abort_returns_blocks(llm):
 
 
 def test_checkpoint_errors_name_the_problem(tmp_path, tiny_checkpoint):
-    from engine import LLM
+    from baton import LLM
 
     with pytest.raises(CheckpointError, match="does not exist"):
         LLM(str(tmp_path / "nope"), device="cpu")

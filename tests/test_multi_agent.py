@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from engine import LLM, InvalidRequestError, MultiAgent
-from engine.demo import make_demo_image
-from models.synthetic import build_synthetic_checkpoint
-from models.tokenizer_builder import write_tokenizer_files
+from baton import LLM, InvalidRequestError, MultiAgent
+from baton.engine.demo import make_demo_image
+from baton.models.synthetic import build_synthetic_checkpoint
+from baton.models.tokenizer_builder import write_tokenizer_files
 
 
 def question(seed=1, text="What colour is the largest box?"):

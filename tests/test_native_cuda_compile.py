@@ -1,4 +1,4 @@
-"""The CUDA side of kernels._native compiles (nvcc, compile only), so it cannot rot unseen.
+"""The CUDA side of baton.kernels._native compiles (nvcc, compile only), so it cannot rot unseen.
 
 Development and CI machines have nvcc but no GPU and a CPU build of torch, so the CUDA
 kernels are never built by `pip install -e .` there. These tests compile every csrc/*.cu file

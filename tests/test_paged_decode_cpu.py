@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from kernels import paged_decode_cpu, paged_decode_ref
-from kernels.registry import get_ops
-from kernels.testing import PAD_BLOCK, make_decode_case, naive_decode_attention
+from baton.kernels import paged_decode_cpu, paged_decode_ref
+from baton.kernels.registry import get_ops
+from baton.kernels.testing import PAD_BLOCK, make_decode_case, naive_decode_attention
 
 needs_kernel = pytest.mark.skipif(not paged_decode_cpu.NATIVE_AVAILABLE, reason="CPU without AVX2/FMA")
 
@@ -81,7 +81,7 @@ def test_other_inputs_take_the_torch_path():
 
 @needs_kernel
 def test_engine_greedy_tokens_equal_the_torch_path(tiny_llm_factory, monkeypatch):
-    from engine import SamplingParams
+    from baton import SamplingParams
 
     prompts = [f"<|im_start|>user\nCount to {i}.<|im_end|>\n<|im_start|>assistant\n" for i in range(3)]
     params = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)

@@ -3,9 +3,9 @@ identical greedy tokens for 32 new tokens and last-position logits within 1e-4 (
 import pytest
 import torch
 
-from engine import LLM, SamplingParams
-from engine.demo import make_demo_image
-from models.synthetic import build_synthetic_checkpoint
+from baton import LLM, SamplingParams
+from baton.engine.demo import make_demo_image
+from baton.models.synthetic import build_synthetic_checkpoint
 from tests.parity_utils import LogitsRecorder, hf_greedy, hf_inputs, hf_model
 
 NEW_TOKENS = 32

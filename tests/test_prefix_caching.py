@@ -2,8 +2,8 @@
 never change, only the work done does."""
 import pytest
 
-from engine import SamplingParams
-from engine.demo import make_demo_image
+from baton import SamplingParams
+from baton.engine.demo import make_demo_image
 
 PAD = "<|vision_start|><|image_pad|><|vision_end|>"
 GREEDY = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)

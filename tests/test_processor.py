@@ -13,10 +13,10 @@ from PIL import Image
 from transformers import AutoTokenizer, Qwen3VLConfig, Qwen3VLModel, Qwen3VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from engine.errors import CheckpointError, InvalidRequestError
-from models.image_io import content_hash, load_image
-from models.processor import IMAGE_PLACEHOLDER, ImageInput, Processor, ProcessedPrompt, mrope_positions
-from models.synthetic import build_synthetic_checkpoint
+from baton.errors import CheckpointError, InvalidRequestError
+from baton.models.image_io import content_hash, load_image
+from baton.models.processor import IMAGE_PLACEHOLDER, ImageInput, Processor, ProcessedPrompt, mrope_positions
+from baton.models.synthetic import build_synthetic_checkpoint
 
 
 class _ImageOnlyQwen3VLProcessor(Qwen3VLProcessor):

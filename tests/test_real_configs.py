@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.registry import get_ops
-from models.config import parse_config
-from models.qwen3_vl import Qwen3VL
+from baton.kernels.registry import get_ops
+from baton.models.config import parse_config
+from baton.models.qwen3_vl import Qwen3VL
 
 CONFIGS = Path(__file__).resolve().parent.parent / "models" / "configs"
 # size: (total, vision incl. mergers, text incl. the LM head when untied)

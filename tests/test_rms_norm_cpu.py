@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from kernels import rms_norm_cpu, rms_norm_ref
-from kernels.registry import get_ops
+from baton.kernels import rms_norm_cpu, rms_norm_ref
+from baton.kernels.registry import get_ops
 
-needs_kernel = pytest.mark.skipif(not rms_norm_cpu.NATIVE_AVAILABLE, reason="kernels._native not built")
+needs_kernel = pytest.mark.skipif(not rms_norm_cpu.NATIVE_AVAILABLE, reason="baton.kernels._native not built")
 
 
 @needs_kernel
@@ -58,7 +58,7 @@ def test_other_inputs_take_the_torch_path():
 
 @needs_kernel
 def test_native_op_rejects_bad_arguments():
-    from kernels import _native
+    from baton.kernels import _native
 
     with pytest.raises(ValueError, match="weight"):
         _native.rms_norm(torch.randn(2, 8), torch.randn(7), 1e-6)

@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from engine.errors import InvalidRequestError
-from engine.sampler import Sampler
-from engine.sampling_params import SamplingParams
+from baton.errors import InvalidRequestError
+from baton.engine.sampler import Sampler
+from baton.engine.sampling_params import SamplingParams
 from tests.helpers import make_seq
 
 

@@ -1,4 +1,4 @@
-"""Native scoring ops (kernels._native via kernels.scoring) against plain-torch references.
+"""Native scoring ops (baton.kernels._native via baton.kernels.scoring) against plain-torch references.
 
 Every correctness test runs on each device the build supports: CPU always, CUDA when torch
 sees a GPU and the extension was built with CUDA.
@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.errors import InvalidRequestError
-from kernels import _native
-from kernels.scoring import (
+from baton.errors import InvalidRequestError
+from baton.kernels import _native
+from baton.kernels.scoring import (
     BUILD_COMMAND,
     TokenStats,
     attention_scores,
@@ -410,7 +410,7 @@ def test_unsupported_device_is_rejected():
 
 
 def test_public_names_come_from_the_package():
-    import kernels
+    from baton import kernels
 
     assert kernels.token_stats is token_stats
     assert kernels.TokenStats is TokenStats
@@ -421,9 +421,9 @@ def test_public_names_come_from_the_package():
 def test_missing_extension_is_an_import_error_naming_the_build_command():
     code = (
         "import sys\n"
-        "sys.modules['kernels._native'] = None  # as if the extension was never built\n"
+        "sys.modules['baton.kernels._native'] = None  # as if the extension was never built\n"
         "try:\n"
-        "    import kernels.scoring\n"
+        "    import baton.kernels.scoring\n"
         "except ImportError as exc:\n"
         "    print('IMPORT-ERROR:', exc)\n"
         "else:\n"

@@ -11,8 +11,8 @@ from safetensors import safe_open
 from transformers import (AutoImageProcessor, AutoTokenizer, Qwen3VLConfig,
                           Qwen3VLForConditionalGeneration)
 
-from models import synthetic, tokenizer_builder
-from models.synthetic import PRESETS, build_synthetic_checkpoint, ensure_checkpoint
+from baton.models import synthetic, tokenizer_builder
+from baton.models.synthetic import PRESETS, build_synthetic_checkpoint, ensure_checkpoint
 
 TINY_PRESETS = [name for name in PRESETS if name.startswith("tiny")]
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from kernel_bench import DEVICE, DTYPE, ON_GPU
-from kernels import paged_decode_cpu, paged_decode_ref
-from kernels.testing import make_decode_case
+from baton.kernels import paged_decode_cpu, paged_decode_ref
+from baton.kernels.testing import make_decode_case
 
 MODELS = {"2B": (16, 8, 128), "8B": (32, 8, 128)}
 BLOCK_SIZE = 16
@@ -56,7 +56,7 @@ def test_native_cpu(case, measure):
 
 @pytest.mark.skipif(not ON_GPU, reason="Triton kernels are benchmarked on a GPU only")
 def test_triton_split_kv(case, measure):
-    from kernels import paged_decode
+    from baton.kernels import paged_decode
 
     group, c, kv_bytes = case
     out = measure(lambda: paged_decode.paged_decode_attention(*_args(c)), group=group,

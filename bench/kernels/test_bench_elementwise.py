@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kernel_bench import DEVICE, DTYPE, ON_GPU
-from kernels import get_ops
+from baton.kernels import get_ops
 
 # model -> (hidden, intermediate, Hq, Hkv, head_dim)
 MODELS = {"2B": (2048, 6144, 16, 8, 128), "8B": (4096, 12288, 32, 8, 128)}
@@ -43,7 +43,7 @@ def test_store_kv(model, num_tokens, backend, measure):
 @pytest.mark.parametrize("model,num_tokens", PARAMS, ids=IDS)
 def test_rms_norm_residual(model, num_tokens, backend, measure):
     """Baseline: the plain torch composition; the torch backend runs the native kernel on CPU."""
-    from kernels import rms_norm_ref
+    from baton.kernels import rms_norm_ref
 
     hidden = MODELS[model][0]
     x = torch.randn(num_tokens, hidden, device=DEVICE, dtype=DTYPE)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from kernel_bench import ON_GPU
-from kernels import linear as linear_mod
+from baton.kernels import linear as linear_mod
 
 # Qwen3-VL-2B text decoder: hidden 2048, 16 q / 8 kv heads of 128, intermediate 6144.
 SHAPES = {"qkv": (4096, 2048), "o": (2048, 2048), "gate_up": (12288, 2048), "down": (2048, 6144)}

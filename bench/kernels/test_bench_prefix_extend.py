@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from kernel_bench import DEVICE, DTYPE, ON_GPU
-from kernels import prefix_extend_ref
-from kernels.testing import make_extend_case
+from baton.kernels import prefix_extend_ref
+from baton.kernels.testing import make_extend_case
 
 MODELS = {"2B": (16, 8, 128), "8B": (32, 8, 128)}
 STAGES = [(0, 1024), (1024, 512), (4096, 512), (8192, 64)]  # (prefix, new tokens)
@@ -49,7 +49,7 @@ def test_torch_reference(case, measure):
 
 @pytest.mark.skipif(not ON_GPU, reason="Triton kernels are benchmarked on a GPU only")
 def test_triton(case, measure):
-    from kernels import prefix_extend
+    from baton.kernels import prefix_extend
 
     group, c, flops = case
     out = measure(lambda: prefix_extend.prefix_extend_attention(*_args(c), max_seqlen_q=c.max_seqlen_q),

@@ -25,17 +25,17 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.analysis import cost_model as cm
-from engine.analysis import plots, report
-from engine.analysis.calibration import TimeModel
-from engine.analysis.crossover import crossover_markdown, crossovers
-from engine.analysis.devices import PRESETS, DeviceSpec
-from engine.analysis.modes import MODES, ModeTokens, mode_latency
-from engine.analysis.predictor import LatencyPredictor
-from engine.analysis.sweep import ModelSweep, SweepPlan
-from engine.analysis.validation import HELD_OUT, ErrorSummary, calibrate, split_points, summarise
-from engine.analysis.variants import REAL_SIZES, ModelVariant, parse_variant, real_variant
-from engine.analysis.workload import processor_dir
+from baton.engine.analysis import cost_model as cm
+from baton.engine.analysis import plots, report
+from baton.engine.analysis.calibration import TimeModel
+from baton.engine.analysis.crossover import crossover_markdown, crossovers
+from baton.engine.analysis.devices import PRESETS, DeviceSpec
+from baton.engine.analysis.modes import MODES, ModeTokens, mode_latency
+from baton.engine.analysis.predictor import LatencyPredictor
+from baton.engine.analysis.sweep import ModelSweep, SweepPlan
+from baton.engine.analysis.validation import HELD_OUT, ErrorSummary, calibrate, split_points, summarise
+from baton.engine.analysis.variants import REAL_SIZES, ModelVariant, parse_variant, real_variant
+from baton.engine.analysis.workload import processor_dir
 
 
 @dataclass
@@ -161,7 +161,7 @@ def _modes_markdown(device_preds: dict[str, dict[str, LatencyPredictor]], pairs,
 
 def _skinny_rows() -> int:
     """Rows up to which this engine's CPU linear layers run the skinny GEMM (1: not built here)."""
-    from kernels.linear import SKINNY_AVAILABLE, SKINNY_MAX_ROWS
+    from baton.kernels.linear import SKINNY_AVAILABLE, SKINNY_MAX_ROWS
 
     return SKINNY_MAX_ROWS if SKINNY_AVAILABLE else 1
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.analysis.cost_model import Cost
-from engine.analysis.devices import DeviceSpec
+from baton.engine.analysis.cost_model import Cost
+from baton.engine.analysis.devices import DeviceSpec
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args):
-    from engine.analysis.analyze import full_options, quick_options
-    from engine.analysis.devices import parse_device
-    from engine.analysis.variants import parse_variant
+    from baton.engine.analysis.analyze import full_options, quick_options
+    from baton.engine.analysis.devices import parse_device
+    from baton.engine.analysis.variants import parse_variant
 
     label = "quick" if args.quick else "full"
     out = Path(args.out) if args.out else Path("baton-out") / f"latency-{label}"
@@ -60,7 +60,7 @@ def options_from_args(args):
 
 
 def run_from_args(args) -> int:
-    from engine.analysis.analyze import run_analysis
+    from baton.engine.analysis.analyze import run_analysis
 
     result = run_analysis(options_from_args(args))
     e = result.held_out_error

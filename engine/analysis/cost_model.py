@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.config import ModelConfig, TextConfig, VisionConfig
+from baton.models.config import ModelConfig, TextConfig, VisionConfig
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.analysis.predictor import LatencyPredictor
+from baton.engine.analysis.predictor import LatencyPredictor
 
 
 @dataclass(frozen=True)

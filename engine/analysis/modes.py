@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.analysis.predictor import LatencyPredictor
+from baton.engine.analysis.predictor import LatencyPredictor
 
 MODES = ("small-reason", "large-reason", "transfer", "auto", "auto-cold")
 

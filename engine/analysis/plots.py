@@ -9,9 +9,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from engine.analysis.crossover import Crossover  # noqa: E402
-from engine.analysis.predictor import LatencyPredictor  # noqa: E402
-from engine.analysis.validation import EXCLUDED, FIT, HELD_OUT, Checked, predict  # noqa: E402
+from baton.engine.analysis.crossover import Crossover  # noqa: E402
+from baton.engine.analysis.predictor import LatencyPredictor  # noqa: E402
+from baton.engine.analysis.validation import EXCLUDED, FIT, HELD_OUT, Checked, predict  # noqa: E402
 
 COMPONENT_COLOURS = {"vision": "#4C72B0", "prefill": "#DD8452", "decode": "#55A868"}
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine.analysis import cost_model as cm
-from engine.analysis.calibration import TimeModel
-from models.config import ModelConfig
+from baton.engine.analysis import cost_model as cm
+from baton.engine.analysis.calibration import TimeModel
+from baton.models.config import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ import math
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from engine.analysis.crossover import Crossover
-from engine.analysis.sweep import Measurement
-from engine.analysis.validation import Checked, ErrorSummary
+from baton.engine.analysis.crossover import Crossover
+from baton.engine.analysis.sweep import Measurement
+from baton.engine.analysis.validation import Checked, ErrorSummary
 
 
 def _fmt(x: float) -> str:

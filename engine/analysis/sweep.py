@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from engine.analysis import cost_model as cm
-from engine.analysis.calibration import TimeModel
-from engine.analysis.predictor import LatencyPredictor
-from engine.analysis.variants import ModelVariant
-from engine.analysis.workload import Workload
+from baton.engine.analysis import cost_model as cm
+from baton.engine.analysis.calibration import TimeModel
+from baton.engine.analysis.predictor import LatencyPredictor
+from baton.engine.analysis.variants import ModelVariant
+from baton.engine.analysis.workload import Workload
 
 KINDS = ("vision", "prefill", "decode", "e2e")
 
@@ -172,7 +172,7 @@ class ModelSweep:
         return self.results, self.notes
 
     def _build(self):
-        from engine.llm import LLM
+        from baton.engine.llm import LLM
 
         plan = self.plan
         cfg = self.variant.model_config
@@ -190,7 +190,7 @@ class ModelSweep:
         )
 
     def _params(self, max_tokens: int):
-        from engine.sampling_params import SamplingParams
+        from baton.engine.sampling_params import SamplingParams
 
         return SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
 

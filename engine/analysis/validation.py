@@ -20,10 +20,10 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from engine.analysis import cost_model as cm
-from engine.analysis.calibration import TimeModel, fit_time_model
-from engine.analysis.predictor import LatencyPredictor
-from engine.analysis.sweep import Measurement, measured_cost
+from baton.engine.analysis import cost_model as cm
+from baton.engine.analysis.calibration import TimeModel, fit_time_model
+from baton.engine.analysis.predictor import LatencyPredictor
+from baton.engine.analysis.sweep import Measurement, measured_cost
 
 FIT, HELD_OUT, EXCLUDED = "fit", "held-out", "excluded"
 

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from models.config import ModelConfig, parse_config
+from baton.models.config import ModelConfig, parse_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "models" / "configs"
 REAL_SIZES = ("2b", "4b", "8b", "32b")

@@ -22,7 +22,7 @@ def processor_dir(root: str | Path, cache_dir: str | Path | None = None) -> Path
     """A directory the engine's Processor accepts: the synthetic tokenizer files plus a
     preprocessor_config.json whose pixel bounds admit 4 .. MAX_VISUAL_TOKENS visual tokens,
     so an image of side s*32 pixels is never resized (s*s tokens exactly)."""
-    from models.synthetic import ensure_checkpoint, preprocessor_config
+    from baton.models.synthetic import ensure_checkpoint, preprocessor_config
 
     out = Path(root)
     marker = out / "preprocessor_config.json"

@@ -46,3 +46,15 @@ def print_table(headers: list[str], rows: list[list]) -> None:
         print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
         if i == 0:
             print("  ".join("-" * w for w in widths))
+
+
+def cpu_flags() -> str:
+    """The SIMD features that decide which CPU kernel paths run (print beside CPU figures)."""
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        flags = []
+    have = [w for w in wanted if w in flags]
+    return " ".join(have) if have else "none of " + " ".join(wanted)

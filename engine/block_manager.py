@@ -16,7 +16,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from baton.engine.prefix_cache import BlockKey, HashPrefixCache, PrefixCache
+from baton.engine.prefix_cache import BlockKey, HashPrefixCache, NullPrefixCache, PrefixCache
 from baton.engine.sequence import Sequence
 
 
@@ -45,8 +45,9 @@ class BlockManager:
             raise ValueError("the KV pool needs at least one block")
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.enable_prefix_caching = enable_prefix_caching
-        self.cache = cache if cache is not None else HashPrefixCache()
+        if cache is None:
+            cache = HashPrefixCache() if enable_prefix_caching else NullPrefixCache()
+        self.cache = cache
         self.copy_kv = copy_kv
         self.ref_counts = [0] * num_blocks
         self._free_plain: deque[int] = deque(range(num_blocks))
@@ -77,9 +78,7 @@ class BlockManager:
         next block. At least one token is always left to compute, since the last position's
         logits are needed."""
         match = PrefixMatch()
-        if not self.enable_prefix_caching:
-            return match
-        limit = len(seq) - 1 if seq.max_prefix_tokens is None else min(len(seq) - 1, seq.max_prefix_tokens)
+        limit = len(seq) - 1
         parent = b""
         for i in range(limit // self.block_size):
             key = self._key(seq, i, parent)
@@ -127,9 +126,8 @@ class BlockManager:
         if match.partial_block is not None:
             seq.block_table.append(self._copy_partial(match.partial_block, match.partial_tokens))
             seq.num_computed_tokens += match.partial_tokens
-        if self.enable_prefix_caching:
-            self.queried_tokens += len(seq)
-            self.hit_tokens += seq.num_computed_tokens
+        self.queried_tokens += len(seq)
+        self.hit_tokens += seq.num_computed_tokens
 
     def _copy_partial(self, src: int, num_tokens: int) -> int:
         """A fresh block holding the first num_tokens slots of src (never src itself)."""
@@ -166,8 +164,6 @@ class BlockManager:
 
     def commit(self, seq: Sequence) -> None:
         """Registers every newly full, computed block of `seq` with the prefix cache."""
-        if not self.enable_prefix_caching:
-            return
         digests = self._digests.setdefault(seq.request_id, [])
         full = seq.num_computed_tokens // self.block_size
         parent = digests[-1] if digests else b""
@@ -196,7 +192,7 @@ class BlockManager:
     def _register_tail(self, seq: Sequence) -> None:
         """Offers the computed part of the sequence's last, partly filled block to the cache,
         for a follow-up prompt that continues it (partial reuse)."""
-        if not self.enable_prefix_caching or self.copy_kv is None:
+        if self.copy_kv is None:
             return
         tail, filled = divmod(seq.num_computed_tokens, self.block_size)
         digests = self._digests.get(seq.request_id, [])

@@ -6,15 +6,18 @@ import itertools
 import os
 import time
 from pathlib import Path
+from typing import Hashable
 
 import torch
 from tqdm.auto import tqdm
 
 from baton.engine.block_manager import BlockManager
+from baton.engine.detokenizer import IncrementalDetokenizer
 from baton.engine.encoder_cache import EncoderCache
 from baton.errors import BatonError, InvalidRequestError
 from baton.engine.host_allocator import tune_host_allocator
 from baton.engine.model_runner import ModelRunner
+from baton.engine.output_router import DEFAULT_OWNER, OutputRouter
 from baton.engine.outputs import RequestOutput
 from baton.engine.sampling_params import SamplingParams
 from baton.engine.scheduler import Scheduler
@@ -127,9 +130,12 @@ class LLM:
                                           copy_kv=self.runner.copy_kv_slots)
         # a sequence never outgrows the pool, so one running alone can always proceed
         self.max_seq_len = min(self.max_model_len, num_blocks * block_size)
-        self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens)
         self.eos_token_ids = set(self.processor.eos_token_ids) | set(self.model_cfg.eos_token_ids)
+        self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens,
+                                   eos_token_ids=self.eos_token_ids, max_seq_len=self.max_seq_len)
         self._seqs: dict[str, Sequence] = {}
+        self._detoks: dict[str, IncrementalDetokenizer] = {}
+        self._router = OutputRouter()
         self._counter = itertools.count()
 
     @classmethod
@@ -178,17 +184,15 @@ class LLM:
         )
 
     def add_request(self, prompt, sampling_params: SamplingParams | None = None,
-                    request_id: str | None = None, record_stats: bool = False,
-                    attention_probe: tuple[int, int, int] | None = None) -> str:
+                    request_id: str | None = None, *, owner: Hashable = DEFAULT_OWNER) -> str:
         """Validates and queues one request; raises InvalidRequestError (engine state untouched).
-        record_stats: keep per-token entropy / max_prob / margin / logprob of the generated tokens.
-        attention_probe: (query_start, key_start, key_end) over prompt positions: report the last
-        layer's attention of prompt tokens [query_start, end) onto keys [key_start, key_end),
-        summed over heads and queries (RequestOutput.attention_scores)."""
+        Its outputs go to `owner`: `step()` returns the default owner's; a caller driving its own
+        requests on a shared engine passes its own key to both calls, then `release(owner)`."""
         params = sampling_params if sampling_params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("sampling_params must be a SamplingParams")
-        request_id = request_id if request_id is not None else f"req-{next(self._counter)}"
+        if request_id is None:
+            request_id = self._auto_id()
         if request_id in self._seqs:
             raise InvalidRequestError(f"request id {request_id!r} is already in flight")
         processed = self._process(prompt)
@@ -203,119 +207,161 @@ class LLM:
                 f"prompt needs {blocks} KV blocks but the pool has {self.block_manager.num_blocks}; "
                 "raise kv_cache_bytes"
             )
-        if attention_probe is not None:
-            q0, k0, k1 = attention_probe
-            if not (0 <= k0 < k1 <= q0 < n):
-                raise InvalidRequestError(
-                    f"attention_probe {attention_probe} must satisfy 0 <= key_start < key_end <= query_start < {n}"
-                )
-        seq = Sequence(request_id, processed, params, self.block_size, record_stats, attention_probe)
+        seq = Sequence(request_id, processed, params, self.block_size)
         self._seqs[request_id] = seq
+        self._detoks[request_id] = IncrementalDetokenizer(self.processor.decode, params.stop)
+        self._router.register(request_id, owner)
         self.scheduler.add(seq)
         return request_id
 
+    def _auto_id(self) -> str:
+        # skips ids a caller chose for requests still in flight
+        while (rid := f"req-{next(self._counter)}") in self._seqs:
+            pass
+        return rid
+
+    def score(self, prompt, query_start: int, key_start: int, key_end: int) -> torch.Tensor:
+        """float32 [key_end - key_start] (CPU): the last layer's attention of prompt tokens
+        [query_start, end) onto keys [key_start, key_end), summed over heads and queries. The
+        prompt is as add_request takes it. Reuses cached prefix blocks, holds none afterwards
+        and leaves requests in flight alone. InvalidRequestError unless
+        0 <= key_start < key_end <= query_start < prompt length."""
+        from baton.engine.attention_probe import probe_attention
+
+        return probe_attention(self.runner, self.block_manager, self._process(prompt), query_start,
+                               key_start, key_end, max_len=self.max_seq_len)
+
     def abort(self, request_id: str) -> RequestOutput | None:
-        """Stops a request and returns its KV blocks; None if it is unknown or already done."""
+        """Stops a request and returns its KV blocks; None if it is unknown or already done.
+        The returned output (finish_reason "abort") also reaches the request's owner when that
+        is another caller (a generate call or stream in progress)."""
         seq = self._seqs.pop(request_id, None)
         if seq is None:
             return None
         self.scheduler.finish(seq)
         seq.finish_reason = "abort"
-        return self._output(seq)
+        out = self._output(seq)
+        owner = self._router.owner_of(request_id)
+        self._router.forget(request_id) if owner == DEFAULT_OWNER else self._router.post(out)
+        return out
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
 
-    def step(self) -> list[RequestOutput]:
-        """Schedules and runs one step; returns the requests that finished in it."""
+    def step(self, owner: Hashable = DEFAULT_OWNER) -> list[RequestOutput]:
+        """Runs one engine step (when there is work) and returns the outputs waiting for
+        `owner`: by default the requests submitted with add_request. Each request that got a
+        token has one output (out.delta, out.text and out.token_ids so far; out.finished);
+        outputs of other owners' requests are kept for them."""
+        if self.scheduler.has_work():
+            self._engine_step()
+        return self._router.take(owner)
+
+    def _engine_step(self) -> None:
         batch = self.scheduler.schedule()
         if not batch:
-            return []
+            return
         now = time.perf_counter()
         for seq in batch.seqs:
             if seq.metrics.first_scheduled_time is None:
                 seq.metrics.first_scheduled_time = now
         results = self.runner.execute(batch)
-        for seq in batch.seqs:
-            self.block_manager.commit(seq)
-        finished = []
+        self.scheduler.update_from_output(batch, results)
+        now = time.perf_counter()
         for r in results:
             seq = r.seq
-            seq.token_ids.append(r.token_id)
-            if seq.logprobs is not None:
-                seq.logprobs.append(r.logprobs)
             if seq.metrics.first_token_time is None:
-                seq.metrics.first_token_time = time.perf_counter()
-            reason = self._finish_reason(seq, r.token_id)
-            if reason is not None:
-                seq.finish_reason = reason
+                seq.metrics.first_token_time = now
+            detok = self._detoks[seq.request_id]
+            if detok.add(r.token_id) and seq.finish_reason is None:
+                seq.finish_reason = "stop"  # a stop string: the scheduler only sees token ids
                 self.scheduler.finish(seq)
+            if seq.finish_reason is not None:
                 del self._seqs[seq.request_id]
-                finished.append(self._output(seq))
-        return finished
-
-    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
-        p = seq.params
-        if not p.ignore_eos and token in self.eos_token_ids:
-            return "stop"
-        if token in p.stop_token_ids:
-            return "stop"
-        if p.stop:
-            text = self.processor.decode(seq.output_token_ids)
-            for s in p.stop:
-                cut = text.find(s)
-                if cut != -1:
-                    seq.output_text = text[:cut]
-                    return "stop"
-        if seq.num_output_tokens >= p.max_tokens or len(seq) >= self.max_seq_len:
-            return "length"
-        return None
+            self._router.post(self._output(seq))
 
     def _output(self, seq: Sequence) -> RequestOutput:
-        seq.metrics.finished_time = time.perf_counter()
-        text = seq.output_text
-        if seq.finish_reason != "stop" or not seq.params.stop or not text:
-            text = self.processor.decode(seq.output_token_ids)
-            if seq.finish_reason == "stop" and seq.params.stop:
-                cuts = [text.find(s) for s in seq.params.stop if s in text]
-                text = text[:min(cuts)] if cuts else text
+        """This step's output of `seq`: the text and tokens so far, the new delta, and on the
+        last one the finish reason, metrics and (if asked) per-token statistics."""
+        finished = seq.finish_reason is not None
+        detok = self._detoks[seq.request_id]
+        if finished:
+            detok.flush()
+            seq.metrics.finished_time = time.perf_counter()
+            del self._detoks[seq.request_id]
+        delta = detok.delta(finished)
         return RequestOutput(
             request_id=seq.request_id,
             prompt_token_ids=seq.token_ids[:seq.num_prompt_tokens],
             token_ids=seq.output_token_ids,
-            text=text,
+            text=detok.emitted_text,
             finish_reason=seq.finish_reason,
             error=seq.error,
             num_cached_tokens=seq.num_cached_tokens,
-            logprobs=seq.logprobs,
+            logprobs=None if seq.logprobs is None else list(seq.logprobs),
             metrics=seq.metrics,
             num_vision_encoder_calls=seq.vision_encoder_calls,
-            token_stats=_stats_columns(seq.token_stats),
-            attention_scores=seq.probe_scores,
+            token_stats=_stats_columns(seq.token_stats) if finished else None,
+            delta=delta,
         )
+
+    # -- streaming -----------------------------------------------------------------------------
+    def stream(self, prompt, sampling_params: SamplingParams | None = None, request_id: str | None = None):
+        """Generator of one request's outputs, one per step that gave it a token: `out.delta`
+        (new text), `out.text` (so far), `out.finished`. Closing the generator early aborts
+        the request. Other callers' requests on this engine keep running and keep their
+        outputs. Raises InvalidRequestError for a bad request before yielding anything."""
+        owner = object()
+        rid = self._submit(prompt, sampling_params, request_id, owner)  # validates now, not on next()
+        return self._follow(rid, owner)
+
+    def _follow(self, rid: str, owner: Hashable):
+        done = False
+        try:
+            while not done:
+                if not self._router.has_pending(owner):
+                    if not self.scheduler.has_work():
+                        raise BatonError(f"request {rid} vanished from the engine")  # pragma: no cover
+                    self._engine_step()
+                for out in self._router.take(owner):
+                    done = out.finished
+                    yield out
+        finally:
+            self.release(owner)  # closed early: aborts the request
+
+    def _submit(self, prompt, params, request_id, owner: Hashable) -> str:
+        return self.add_request(prompt, params, request_id, owner=owner)
+
+    def release(self, owner: Hashable) -> None:
+        """An owner is done: its unfinished requests are aborted and its mailbox dropped."""
+        for rid in self._router.requests_of(owner):
+            self.abort(rid)
+        self._router.close(owner)
 
     # -- batch API --------------------------------------------------------------------------
     def generate(self, prompts, sampling_params=None, use_tqdm: bool = False) -> list[RequestOutput]:
         """Runs prompts to completion. A list never fails as a whole: a bad request comes back
-        with finish_reason="error"; a single (non-list) prompt raises InvalidRequestError."""
+        with finish_reason="error"; a single (non-list) prompt raises InvalidRequestError.
+        Requests other callers have in flight keep running and keep their outputs."""
         single = not isinstance(prompts, list)
         prompts = [prompts] if single else prompts
-        if isinstance(sampling_params, list):
-            if len(sampling_params) != len(prompts):
-                raise InvalidRequestError(
-                    f"{len(sampling_params)} sampling_params for {len(prompts)} prompts"
-                )
-            params_list = sampling_params
-        else:
-            params_list = [sampling_params] * len(prompts)
+        params_list = self._params_list(sampling_params, len(prompts), "prompts")
         return self._run([(p, sp) for p, sp in zip(prompts, params_list)], single, use_tqdm)
 
     def chat(self, messages, sampling_params=None, use_tqdm: bool = False) -> list[RequestOutput]:
         """messages: one conversation (a list of message dicts) or a list of conversations."""
         single = not (isinstance(messages, list) and messages and isinstance(messages[0], list))
         convs = [messages] if single else messages
-        params_list = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(convs)
+        params_list = self._params_list(sampling_params, len(convs), "conversations")
         return self._run([(("chat", c), sp) for c, sp in zip(convs, params_list)], single, use_tqdm)
+
+    @staticmethod
+    def _params_list(sampling_params, n: int, what: str) -> list:
+        if isinstance(sampling_params, list):
+            if len(sampling_params) != n:
+                raise InvalidRequestError(f"{len(sampling_params)} sampling_params for {n} {what}")
+            return sampling_params
+        return [sampling_params] * n
 
     def _to_prompt(self, item):
         if isinstance(item, tuple) and len(item) == 2 and item[0] == "chat":
@@ -324,31 +370,36 @@ class LLM:
         return item
 
     def _run(self, items, single: bool, use_tqdm: bool) -> list[RequestOutput]:
+        owner = object()
         outputs: dict[int, RequestOutput] = {}
         ids: dict[str, int] = {}
-        for i, (item, params) in enumerate(items):
-            try:
-                rid = self.add_request(self._to_prompt(item), params)
-            except BatonError as e:
-                if single:
-                    raise
-                outputs[i] = RequestOutput(
-                    request_id=f"rejected-{next(self._counter)}", prompt_token_ids=[], token_ids=[],
-                    text="", finish_reason="error", error=str(e),
-                )
-                continue
-            ids[rid] = i
-        pending = set(ids)
-        bar = tqdm(total=len(ids), desc="generate", disable=not use_tqdm)
         try:
-            while pending and self.has_unfinished():
-                for out in self.step():
-                    if out.request_id in pending:
-                        pending.discard(out.request_id)
-                        outputs[ids[out.request_id]] = out
-                        bar.update(1)
+            for i, (item, params) in enumerate(items):
+                try:
+                    rid = self._submit(self._to_prompt(item), params, None, owner)
+                except BatonError as e:
+                    if single:
+                        raise
+                    outputs[i] = RequestOutput(
+                        request_id=f"rejected-{next(self._counter)}", prompt_token_ids=[], token_ids=[],
+                        text="", finish_reason="error", error=str(e),
+                    )
+                    continue
+                ids[rid] = i
+            pending = set(ids)
+            with tqdm(total=len(ids), desc="generate", disable=not use_tqdm) as bar:
+                while pending:
+                    if not self._router.has_pending(owner):
+                        if not self.scheduler.has_work():
+                            raise BatonError(f"requests {sorted(pending)} vanished from the engine")  # pragma: no cover
+                        self._engine_step()
+                    for out in self._router.take(owner):
+                        if out.finished:
+                            pending.discard(out.request_id)
+                            outputs[ids[out.request_id]] = out
+                            bar.update(1)
         finally:
-            bar.close()
+            self.release(owner)  # interrupted: frees what is left
         return [outputs[i] for i in range(len(items))]
 
     # -- introspection ------------------------------------------------------------------------

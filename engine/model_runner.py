@@ -8,11 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
-from baton.engine.encoder_cache import EncoderCache, EncoderOutput
+from baton.engine.encoder_cache import EncoderCache
 from baton.engine.sampler import Sampler
 from baton.engine.scheduler import ScheduledBatch
 from baton.engine.sequence import Sequence
-from baton.models.attention import AttentionCapture, AttentionMetadata
+from baton.models.attention import AttentionMetadata
+from baton.models.interface import StepInputs, VisualFeatures
 
 
 @dataclass
@@ -20,6 +21,7 @@ class StepResult:
     seq: Sequence
     token_id: int
     logprobs: dict | None
+    token_stats: tuple[float, float, float, float] | None = None  # SamplingParams(token_stats=True)
 
 
 class ModelRunner:
@@ -51,10 +53,10 @@ class ModelRunner:
         self.kv_cache[:, :, dst, :num_tokens].copy_(self.kv_cache[:, :, src, :num_tokens])
 
     # -- vision -------------------------------------------------------------------------
-    def _encode_missing(self, batch: ScheduledBatch) -> dict[str, EncoderOutput]:
-        """Encoder outputs of every image whose tokens are computed this step; the misses are
+    def _encode_missing(self, batch: ScheduledBatch) -> dict[str, VisualFeatures]:
+        """Visual features of every image whose tokens are computed this step; the misses are
         encoded together in one vision-tower call."""
-        needed: dict[str, EncoderOutput | None] = {}
+        needed: dict[str, VisualFeatures | None] = {}
         owners: dict[str, list[Sequence]] = {}
         pixels = {}  # content hash -> the ImageInput to encode
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
@@ -73,11 +75,9 @@ class ModelRunner:
             patches = torch.cat([im.pixel_values for im in images]).to(self.device)
             grids = [tuple(im.grid_thw) for im in images]
             t0 = time.perf_counter()
-            embeds, deepstack = self.model.encode_images(patches, grids)
+            features = self.model.encode_images(patches, grids)
             elapsed = time.perf_counter() - t0
-            sizes = [im.num_tokens for im in images]
-            for i, (h, e) in enumerate(zip(missing, embeds.split(sizes))):
-                out = (e, [d.split(sizes)[i] for d in deepstack])
+            for h, out in zip(missing, features):
                 needed[h] = out
                 self.encoder_cache.put(h, out)
             self.vision_encoder_calls += len(missing)
@@ -88,13 +88,12 @@ class ModelRunner:
         return needed
 
     # -- batch tensors ----------------------------------------------------------------------
-    def _prepare(self, batch: ScheduledBatch, images: dict[str, EncoderOutput]):
+    def _prepare(self, batch: ScheduledBatch, images: dict[str, VisualFeatures]):
         ids, pos, slots = [], [], []
-        vis_rows, vis_embeds, vis_deep = [], [], []
+        vis_rows, vis_feats = [], []
         extend_tables, cu_q, prefix_lens = [], [0], []
         decode_tables, context_lens = [], []
         logits_rows, sample_seqs = [], []
-        captures: list[tuple[Sequence, AttentionCapture]] = []
         row = 0
         bs = self.block_size
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
@@ -106,17 +105,8 @@ class ModelRunner:
             for span in seq.image_spans:
                 a, b = max(start, span.offset), min(end, span.end)
                 if a < b:
-                    embeds, deep = images[span.content_hash]
                     vis_rows.append(torch.arange(row + a - start, row + b - start))
-                    vis_embeds.append(embeds[a - span.offset:b - span.offset])
-                    vis_deep.append([d[a - span.offset:b - span.offset] for d in deep])
-            if seq.attention_probe is not None:
-                q0, k0, k1 = seq.attention_probe
-                first, last = max(start, q0), min(end, seq.num_prompt_tokens)  # prompt rows only
-                if first < last:
-                    table_t = torch.tensor(table, dtype=torch.int32, device=self.device)
-                    captures.append((seq, AttentionCapture(row + first - start, row + last - start, first,
-                                                           k0, k1, table_t)))
+                    vis_feats.append(images[span.content_hash].rows(a - span.offset, b - span.offset))
             if n == 1:
                 decode_tables.append(table)
                 context_lens.append(end)
@@ -147,54 +137,31 @@ class ModelRunner:
         if decode_tables:
             meta.context_lens = torch.tensor(context_lens, dtype=torch.int32, device=dev)
             meta.decode_block_tables = tables(decode_tables)
-        if captures:
-            meta.captures = [c for _, c in captures]
-            meta.capture_layer = self.model.cfg.text.num_hidden_layers - 1
         visual = None
         if vis_rows:
-            n_deep = len(vis_deep[0])
-            visual = (
-                torch.cat(vis_rows).to(dev),
-                torch.cat(vis_embeds),
-                [torch.cat([d[i] for d in vis_deep]) for i in range(n_deep)],
-            )
+            visual = (torch.cat(vis_rows).to(dev), vis_feats)
         input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
         positions = torch.cat(pos, dim=1).to(dev)
-        return input_ids, positions, meta, visual, logits_rows, sample_seqs, captures
-
-    @staticmethod
-    def _record_stats(logits: torch.Tensor, tokens: list[int], seqs: list[Sequence]) -> None:
-        want = [i for i, s in enumerate(seqs) if s.token_stats is not None]
-        if not want:
-            return
-        from baton.kernels import token_stats  # native op; only needed when a request asks for stats
-
-        ids = torch.tensor([tokens[i] for i in want], dtype=torch.long, device=logits.device)
-        st = token_stats(logits[want], ids)
-        rows = torch.stack([st.entropy, st.max_prob, st.margin, st.logprob], dim=1).tolist()
-        for i, row in zip(want, rows):
-            seqs[i].token_stats.append(tuple(row))
+        return input_ids, positions, meta, visual, logits_rows, sample_seqs
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> list[StepResult]:
-        """Runs the step; advances num_computed_tokens. Returns one result per sampled sequence."""
+        """Runs the step and samples; the scheduler's update_from_output then advances the
+        sequences. Returns one result per sampled sequence."""
         images = self._encode_missing(batch)
-        input_ids, positions, meta, visual, logits_rows, sample_seqs, captures = self._prepare(batch, images)
+        input_ids, positions, meta, visual, logits_rows, sample_seqs = self._prepare(batch, images)
         t0 = time.perf_counter()
-        visual_index, visual_embeds, deepstack = visual if visual is not None else (None, None, None)
-        hidden = self.model(input_ids, positions, self.kv_caches, meta, visual_index, visual_embeds, deepstack)
-        for seq, cap in captures:
-            seq.probe_scores = cap.scores if seq.probe_scores is None else seq.probe_scores + cap.scores
+        visual_rows, visual_feats = visual if visual is not None else (None, [])
+        hidden = self.model(StepInputs(input_ids, positions, meta, self.kv_caches, visual_rows, visual_feats))
         results = []
         if sample_seqs:
             logits = self.model.compute_logits(hidden[logits_rows])
-            tokens, logprobs = self.sampler(logits, sample_seqs)
-            self._record_stats(logits, tokens, sample_seqs)
-            results = [StepResult(s, t, lp) for s, t, lp in zip(sample_seqs, tokens, logprobs)]
+            out = self.sampler(logits, sample_seqs)
+            results = [StepResult(*r) for r in zip(sample_seqs, out.token_ids, out.logprobs, out.token_stats)]
         elapsed = time.perf_counter() - t0
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
-            seq.num_computed_tokens += n
-            if seq.num_output_tokens == 0 or seq.num_computed_tokens < seq.num_prompt_tokens:
+            # prefill until the first token, or while recomputing a preempted prompt
+            if seq.num_output_tokens == 0 or seq.num_computed_tokens + n < seq.num_prompt_tokens:
                 seq.metrics.prefill_time += elapsed
             else:
                 seq.metrics.decode_time += elapsed

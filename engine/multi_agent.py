@@ -7,7 +7,6 @@ instead of waiting on each other.
 """
 from __future__ import annotations
 
-import itertools
 import time
 
 import torch
@@ -33,8 +32,7 @@ class Stage:
     images: list
     max_tokens: int
     stop: list[str] | None = None
-    record_stats: bool = False
-    probe: tuple[int, int, int] | None = None
+    token_stats: bool = False  # entropy etc. of each generated token (the entropy selector)
 
 
 @dataclass
@@ -72,7 +70,6 @@ class MultiAgent:
         self.selector, self.budget, self.segments = selector, budget, segments
         self.exact_lengths = exact_lengths
         self.shared_vocab = _same_tokenizer(small.processor.tokenizer, large.processor.tokenizer)
-        self._ids = itertools.count()
 
     @staticmethod
     def _build_pair(small_path, large_path, kv_cache_bytes, llm_kwargs):
@@ -112,8 +109,11 @@ class MultiAgent:
 
     # -- the step loop ------------------------------------------------------------------------
     def _drive(self, pipelines: dict, results: list[MultiAgentResult], t0: float) -> None:
-        waiting: dict[int, dict[str, RequestOutput | None]] = {}  # request -> rid -> output
-        stages: dict[str, tuple[int, Stage, float]] = {}
+        # keys are (engine, request id): each engine numbers its own requests
+        waiting: dict[int, dict[tuple, RequestOutput | None]] = {}  # request -> key -> output
+        stages: dict[tuple, tuple[int, Stage, float]] = {}
+        # this run's outputs come back to it alone; other callers of the same engines keep theirs
+        owner = object()
 
         def advance(i, sent):
             try:
@@ -129,40 +129,43 @@ class MultiAgent:
                 return
             waiting[i] = {}
             for stage in wanted:
-                rid = f"ma-{next(self._ids)}-{stage.name}"
                 engine = self.engines[stage.model]
                 params = SamplingParams(temperature=0, max_tokens=stage.max_tokens,
                                         stop=None if self.exact_lengths else stage.stop,
-                                        ignore_eos=self.exact_lengths)
+                                        ignore_eos=self.exact_lengths, token_stats=stage.token_stats)
                 try:
-                    engine.add_request({"prompt_token_ids": stage.prompt_ids, "images": stage.images}, params,
-                                       request_id=rid, record_stats=stage.record_stats,
-                                       attention_probe=stage.probe)
+                    rid = engine.add_request({"prompt_token_ids": stage.prompt_ids, "images": stage.images},
+                                             params, owner=owner)
                 except BatonError as e:
                     for other in waiting[i]:
-                        self.engines[stages.pop(other)[1].model].abort(other)
+                        stages.pop(other)
+                        other[0].abort(other[1])
                     results[i].error, results[i].mode = str(e), "error"
                     results[i].seconds = time.perf_counter() - t0
                     del waiting[i]
                     return
-                waiting[i][rid] = None
-                stages[rid] = (i, stage, time.perf_counter() - t0)
+                waiting[i][(engine, rid)] = None
+                stages[(engine, rid)] = (i, stage, time.perf_counter() - t0)
 
-        for i in pipelines:
-            advance(i, None)
-        while waiting:
-            for model, engine in self.engines.items():
-                if not engine.has_unfinished():
-                    continue
-                for out in engine.step():
-                    if out.request_id not in stages:
-                        continue
-                    i, stage, start = stages.pop(out.request_id)
-                    results[i].stages.append(_record(stage, out, start, time.perf_counter() - t0))
-                    waiting[i][out.request_id] = out
-                    if all(v is not None for v in waiting[i].values()):
-                        outs = list(waiting[i].values())
-                        advance(i, outs)
+        try:
+            for i in pipelines:
+                advance(i, None)
+            engines = list({id(e): e for e in self.engines.values()}.values())  # small may be large
+            while waiting:
+                for engine in engines:
+                    for out in engine.step(owner):
+                        if not out.finished:
+                            continue  # a stage's result is its finished output
+                        key = (engine, out.request_id)
+                        i, stage, start = stages.pop(key)
+                        results[i].stages.append(_record(stage, out, start, time.perf_counter() - t0))
+                        waiting[i][key] = out
+                        if all(v is not None for v in waiting[i].values()):
+                            outs = list(waiting[i].values())
+                            advance(i, outs)
+        finally:
+            for engine in self.engines.values():
+                engine.release(owner)
 
     # -- pipelines (one generator per request) ---------------------------------------------------
     def _pipeline(self, messages, mode, selector, budget, result: MultiAgentResult):
@@ -193,7 +196,7 @@ class MultiAgent:
         result.mode = "auto:transfer"
         yield from self._transfer(messages, selector, budget, result, (l_ids, l_images))
 
-    def _reason_then_answer(self, model, messages, record_stats=False, answer=True):
+    def _reason_then_answer(self, model, messages, token_stats=False, answer=True):
         """Stages: reason (stopped at the end of thought), then, if asked, a brief answer over the
         reasoning prompt + reasoning (a prefix-cache hit). Returns (reasoning output, its ids
         without the stop marker, reasoning prompt ids, answer output or None)."""
@@ -201,7 +204,7 @@ class MultiAgent:
         ids, images = b.reason(messages)
         stop = [self.prompts.think_close.strip()] if self.prompts.think_close.strip() else None
         (reasoning,) = yield [Stage(f"{model}-reason", model, ids, images, self.reason_max_tokens, stop,
-                                    record_stats)]
+                                    token_stats)]
         reasoning_ids = _reasoning_ids(reasoning, b, self.engines[model].eos_token_ids)
         out = None
         if answer:
@@ -209,26 +212,25 @@ class MultiAgent:
                                   self.brief_max_tokens)]
         return reasoning, reasoning_ids, ids, out
 
-    def _attention_scores(self, reason_ids, reasoning_ids, answer, images):
-        """Stage: the small model re-reads [reasoning prompt + reasoning + answer]; the probe sums
-        its last layer's attention from the answer tokens onto the reasoning tokens."""
-        b = self.builders["small"]
-        answer_prompt = b.after_reasoning(reason_ids, reasoning_ids)
-        ids = answer_prompt + list(answer.token_ids)
-        probe = (len(answer_prompt), len(reason_ids), len(reason_ids) + len(reasoning_ids))
-        if not answer.token_ids or probe[1] == probe[2]:
+    def _attention_scores(self, reason_ids, reasoning_ids, answer, images) -> torch.Tensor:
+        """The small model's last-layer attention from its answer tokens onto its reasoning
+        tokens, over [reasoning prompt + reasoning + answer] (mostly cached by the answer stage).
+        A direct call between steps: other requests in flight are left as they are."""
+        answer_prompt = self.builders["small"].after_reasoning(reason_ids, reasoning_ids)
+        if not answer.token_ids or not reasoning_ids:
             return torch.zeros(len(reasoning_ids))
-        (out,) = yield [Stage("small-attention", "small", ids, images, 1, probe=probe)]
-        return out.attention_scores
+        prompt = {"prompt_token_ids": answer_prompt + list(answer.token_ids), "images": images}
+        return self.engines["small"].score(prompt, query_start=len(answer_prompt), key_start=len(reason_ids),
+                                           key_end=len(reason_ids) + len(reasoning_ids))
 
     def _transfer(self, messages, selector, budget, result, large_brief):
         small_b, large_b = self.builders["small"], self.builders["large"]
         reasoning, reasoning_ids, reason_ids, answer = yield from self._reason_then_answer(
-            "small", messages, record_stats=selector == "entropy", answer=selector == "attention")
+            "small", messages, token_stats=selector == "entropy", answer=selector == "attention")
         attention = None
         if selector == "attention":
             _, images = small_b.reason(messages)
-            attention = yield from self._attention_scores(reason_ids, reasoning_ids, answer, images)
+            attention = self._attention_scores(reason_ids, reasoning_ids, answer, images)
         tok = small_b.processor.tokenizer
         pieces = [tok.decode([t]) for t in reasoning_ids]
         keep = select(selector, len(reasoning_ids), budget, stats=reasoning.token_stats, attention=attention,

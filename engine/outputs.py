@@ -1,4 +1,5 @@
-"""What a finished (or failed) request returns."""
+"""What a request returns: one output per step that gave it a token (streaming), the last
+one with finished=True."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,16 +33,18 @@ class RequestOutput:
     prompt_token_ids: list[int]
     token_ids: list[int]
     text: str
-    finish_reason: str | None  # "stop" | "length" | "abort" | "error"
+    finish_reason: str | None  # "stop" | "length" | "abort" | "error"; None while running
     error: str | None = None
     num_cached_tokens: int = 0
     logprobs: list[dict[int, float]] | None = None
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     num_vision_encoder_calls: int = 0
-    # with add_request(record_stats=True): per generated token, {"entropy", "max_prob", "margin", "logprob"}
+    # with SamplingParams(token_stats=True), on the finished output: one value per generated
+    # token under each of "entropy", "max_prob", "margin", "logprob"
     token_stats: dict[str, list[float]] | None = None
-    # with add_request(attention_probe=...): float32 [key_end - key_start] attention mass
-    attention_scores: "torch.Tensor | None" = None
+
+    # text new since this request's previous output (step / stream); never half a character
+    delta: str = ""
 
     @property
     def finished(self) -> bool:

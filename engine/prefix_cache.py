@@ -142,3 +142,25 @@ class HashPrefixCache(PrefixCache):
 
     def __len__(self) -> int:
         return len(self._digest_of)
+
+
+class NullPrefixCache(PrefixCache):
+    """Caches nothing: the block manager runs the same code with prefix caching off."""
+
+    def match(self, key: BlockKey) -> int | None:
+        return None
+
+    def best_partial(self, parent: bytes, tokens: tuple[int, ...], extras: tuple) -> tuple[int, int] | None:
+        return None
+
+    def insert(self, key: BlockKey, block_id: int) -> None:
+        pass
+
+    def evict(self, block_id: int) -> None:
+        pass
+
+    def holds(self, block_id: int) -> bool:
+        return False
+
+    def __len__(self) -> int:
+        return 0

@@ -1,22 +1,42 @@
 """Turns last-position logits into next tokens: greedy, temperature, top-k, top-p, per-request
-seeds, and the log-probabilities requested with `logprobs=k`."""
+seeds, the log-probabilities requested with `logprobs=k` and the per-token statistics
+requested with `token_stats=True`."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from baton.engine.sequence import Sequence
 
+TokenStatsRow = tuple[float, float, float, float]  # entropy, max_prob, margin, logprob
+
+
+@dataclass
+class SamplerOutput:
+    """One entry per logits row: the next token, its logprob dict and its statistics (None
+    for rows that did not ask)."""
+
+    token_ids: list[int]
+    logprobs: list[dict | None]
+    token_stats: list[TokenStatsRow | None]
+
 
 class Sampler:
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[dict | None]]:
-        """logits float32 [B, V], one row per sequence -> (token ids, logprob dicts or None)."""
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
+        """logits float32 [B, V], one row per sequence."""
         tokens = logits.argmax(dim=-1)
         sampled = [i for i, s in enumerate(seqs) if not s.params.greedy]
         if sampled:
             idx = torch.tensor(sampled, device=logits.device)
             tokens[idx] = self._sample(logits[idx], [seqs[i] for i in sampled])
         tokens_list = tokens.tolist()
-        logprobs: list[dict | None] = [None] * len(seqs)
+        return SamplerOutput(tokens_list, self._logprobs(logits, tokens_list, seqs),
+                             self._token_stats(logits, tokens_list, seqs))
+
+    @staticmethod
+    def _logprobs(logits: torch.Tensor, tokens: list[int], seqs: list[Sequence]) -> list[dict | None]:
+        out: list[dict | None] = [None] * len(seqs)
         wanted = [i for i, s in enumerate(seqs) if s.params.logprobs is not None]
         if wanted:
             lp = torch.log_softmax(logits[wanted], dim=-1)  # raw distribution, before any warping
@@ -26,9 +46,23 @@ class Sampler:
                 if k:
                     top = torch.topk(lp[row], k)
                     entry = dict(zip(top.indices.tolist(), top.values.tolist()))
-                entry[tokens_list[i]] = lp[row, tokens_list[i]].item()
-                logprobs[i] = entry
-        return tokens_list, logprobs
+                entry[tokens[i]] = lp[row, tokens[i]].item()
+                out[i] = entry
+        return out
+
+    @staticmethod
+    def _token_stats(logits: torch.Tensor, tokens: list[int], seqs: list[Sequence]) -> list[TokenStatsRow | None]:
+        out: list[TokenStatsRow | None] = [None] * len(seqs)
+        wanted = [i for i, s in enumerate(seqs) if s.params.token_stats]
+        if wanted:
+            from baton.kernels import token_stats  # native op: loaded only when a request asks
+
+            ids = torch.tensor([tokens[i] for i in wanted], dtype=torch.long, device=logits.device)
+            st = token_stats(logits[wanted], ids)  # raw distribution, like logprobs
+            rows = torch.stack([st.entropy, st.max_prob, st.margin, st.logprob], dim=1).tolist()
+            for i, row in zip(wanted, rows):
+                out[i] = tuple(row)
+        return out
 
     @staticmethod
     def _sample(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:

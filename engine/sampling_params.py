@@ -17,6 +17,8 @@ class SamplingParams:
     ignore_eos: bool = False
     seed: int | None = None
     logprobs: int | None = None
+    # per generated token: entropy, max_prob, margin, logprob of the raw distribution
+    token_stats: bool = False
 
     def __post_init__(self):
         def bad(field, why):
@@ -47,6 +49,8 @@ class SamplingParams:
             not isinstance(self.logprobs, int) or isinstance(self.logprobs, bool) or self.logprobs < 0
         ):
             bad("logprobs", "must be a non-negative integer or None")
+        if not isinstance(self.token_stats, bool):
+            bad("token_stats", "must be True or False")
         self.stop_token_ids = list(self.stop_token_ids or [])
 
     @property

@@ -30,10 +30,15 @@ class ScheduledBatch:
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 eos_token_ids: set[int] | None = None, max_seq_len: int | None = None):
+        """eos_token_ids: end a request unless it ignores EOS (the set is read live, so the
+        engine may share its own). max_seq_len: no sequence grows past it (prompt + output)."""
         self.bm = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.eos_token_ids = eos_token_ids if eos_token_ids is not None else set()
+        self.max_seq_len = max_seq_len
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -94,11 +99,43 @@ class Scheduler:
         self.running.remove(seq)
         self.bm.free(seq)
         seq.num_computed_tokens = 0
-        seq.probe_scores = None  # recomputed with the prompt
         seq.status = SequenceStatus.WAITING
         seq.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
+
+    def update_from_output(self, batch: ScheduledBatch, results) -> list[Sequence]:
+        """The post-step half of the protocol: the step's tokens count as computed, newly full
+        blocks go to the prefix cache, sampled tokens (results: `.seq`, `.token_id`,
+        `.logprobs`, `.token_stats`) join their sequences, and sequences that hit EOS, a stop
+        token id, max_tokens or max_seq_len finish. Returns the sequences finished here."""
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            self.bm.commit(seq)
+        finished = []
+        for r in results:
+            seq = r.seq
+            seq.token_ids.append(r.token_id)
+            if seq.logprobs is not None:
+                seq.logprobs.append(r.logprobs)
+            if seq.token_stats is not None:
+                seq.token_stats.append(r.token_stats)
+            reason = self._stop_reason(seq, r.token_id)
+            if reason is not None:
+                seq.finish_reason = reason
+                self.finish(seq)
+                finished.append(seq)
+        return finished
+
+    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.params
+        if (not p.ignore_eos and token in self.eos_token_ids) or token in p.stop_token_ids:
+            return "stop"
+        if seq.num_output_tokens >= p.max_tokens:
+            return "length"
+        if self.max_seq_len is not None and len(seq) >= self.max_seq_len:
+            return "length"
+        return None
 
     def finish(self, seq: Sequence) -> None:
         """Removes a finished (or aborted) sequence from whichever queue holds it."""

@@ -34,15 +34,13 @@ class Sequence:
     """token_ids holds the prompt followed by the generated tokens. num_computed_tokens of them
     have their K/V in the cache (prefix-cache hits included)."""
 
-    def __init__(self, request_id: str, processed, params: SamplingParams, block_size: int,
-                 record_stats: bool = False, attention_probe: tuple[int, int, int] | None = None):
+    def __init__(self, request_id: str, processed, params: SamplingParams, block_size: int):
         self.request_id = request_id
         self.token_ids: list[int] = list(processed.token_ids)
         self.num_prompt_tokens = len(self.token_ids)
         self.images = list(processed.images)  # models.processor.ImageInput
         self.image_spans = [ImageSpan(im.offset, im.num_tokens, im.content_hash) for im in self.images]
-        self.mrope_positions: torch.Tensor = processed.mrope_positions  # [3, num_prompt_tokens]
-        self.mrope_delta: int = int(processed.mrope_delta)
+        self.token_positions = processed.positions  # models.interface.TokenPositions
         self.params = params
         self.block_size = block_size
         self.status = SequenceStatus.WAITING
@@ -54,15 +52,8 @@ class Sequence:
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
-        self.output_text = ""
-        # per generated token (entropy, max_prob, margin, logprob), when the caller asked
-        self.token_stats: list[tuple[float, float, float, float]] | None = [] if record_stats else None
-        # (query_start, key_start, key_end): sum the last layer's attention of prompt tokens
-        # [query_start, end) onto keys [key_start, key_end); those queries are never served
-        # from the prefix cache, since their attention has to be computed
-        self.attention_probe = attention_probe
-        self.probe_scores = None
-        self.max_prefix_tokens = attention_probe[0] if attention_probe else None
+        # per generated token (entropy, max_prob, margin, logprob), with SamplingParams(token_stats=True)
+        self.token_stats: list[tuple[float, float, float, float]] | None = [] if params.token_stats else None
         self.vision_encoder_calls = 0
         self.metrics = RequestMetrics(arrival_time=time.perf_counter())
         self.generator: torch.Generator | None = None  # created by the sampler on first use (seeded)
@@ -87,15 +78,8 @@ class Sequence:
         return (len(self.token_ids) + self.block_size - 1) // self.block_size
 
     def positions(self, start: int, end: int) -> torch.Tensor:
-        """M-RoPE positions [3, end - start] of tokens [start, end)."""
-        p = self.num_prompt_tokens
-        parts = []
-        if start < p:
-            parts.append(self.mrope_positions[:, start:min(end, p)])
-        if end > p:
-            gen = torch.arange(max(start, p), end, dtype=torch.long) + self.mrope_delta
-            parts.append(gen.expand(3, -1))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        """int64 [R, end - start] positions of tokens [start, end), as the model family defines them."""
+        return self.token_positions.positions(start, end)
 
     def block_extra_keys(self, block_index: int) -> tuple:
         """Image identities of the image tokens inside a block: (content hash, image offset

@@ -33,49 +33,10 @@ class AttentionMetadata:
     max_seqlen_q: int = 0
     context_lens: torch.Tensor | None = None
     decode_block_tables: torch.Tensor | None = None
-    captures: list["AttentionCapture"] | None = None
-    capture_layer: int = -1
 
     @property
     def num_decode_tokens(self) -> int:
         return 0 if self.context_lens is None else int(self.context_lens.shape[0])
-
-
-@dataclass
-class AttentionCapture:
-    """Attention probabilities of some query rows of this step onto a key span, summed over
-    heads and queries (the 'attention' reasoning-token selector reads them).
-
-    rows [row_start, row_end) of this step are the sequence's tokens [pos_start, ...); keys
-    [key_start, key_end) are read through block_table; each row attends to keys 0..its position.
-    """
-
-    row_start: int
-    row_end: int
-    pos_start: int
-    key_start: int
-    key_end: int
-    block_table: torch.Tensor  # int32 [blocks]
-    scores: torch.Tensor | None = None  # float32 [key_end - key_start], filled by the layer
-
-
-def capture_attention(q, k_cache, v_cache, cap: AttentionCapture, scale: float) -> torch.Tensor:
-    """Plain-torch probabilities of q rows [n, H, D] over their full causal context, reduced to
-    the key span. Only used for the few probe rows, so clarity wins over speed."""
-    n, num_heads, _ = q.shape
-    ctx = cap.pos_start + n
-    block_size = k_cache.shape[1]
-    blocks = cap.block_table[: (ctx + block_size - 1) // block_size].long()
-    keys = k_cache.index_select(0, blocks).flatten(0, 1)[:ctx]  # [ctx, Hkv, D]
-    group = num_heads // keys.shape[1]
-    keys = keys.repeat_interleave(group, dim=1).float()
-    logits = torch.einsum("qhd,khd->hqk", q.float(), keys) * scale
-    pos = torch.arange(cap.pos_start, ctx, device=q.device)[:, None]
-    logits = logits.masked_fill(torch.arange(ctx, device=q.device)[None, :] > pos, float("-inf"))
-    probs = logits.softmax(dim=-1)[:, :, cap.key_start:cap.key_end]
-    from baton.kernels import attention_scores
-
-    return attention_scores(probs.contiguous(), reduce="sum")
 
 
 class PagedAttention(nn.Module):
@@ -94,9 +55,6 @@ class PagedAttention(nn.Module):
         """q [N, H, D], k/v [N, Hkv, D] -> [N, H, D]."""
         k_cache, v_cache = kv_cache
         self.ops.store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-        if meta.captures and self.layer_idx == meta.capture_layer:
-            for cap in meta.captures:
-                cap.scores = capture_attention(q[cap.row_start:cap.row_end], k_cache, v_cache, cap, self.scale)
         p = meta.num_prefill_tokens
         if meta.num_decode_tokens == 0:
             return self.ops.prefix_extend_attention(

@@ -70,6 +70,7 @@ class ModelConfig:
     tie_word_embeddings: bool
     torch_dtype: str = "float32"
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    model_type: str = "qwen3_vl"  # config.json's; picks the model class (models.registry)
 
 
 def rope_inv_freq(dim: int, theta: float) -> torch.Tensor:
@@ -174,6 +175,7 @@ def parse_config(cfg: dict, where: str = "config.json") -> ModelConfig:
         tie_word_embeddings=bool(tie),
         torch_dtype=str(text.get("dtype") or text.get("torch_dtype") or cfg.get("torch_dtype") or "float32"),
         eos_token_ids=eos_ids,
+        model_type=model_type,
     )
 
 

@@ -1,15 +1,17 @@
-"""Builds a Qwen3-VL in the target dtype and device without an fp32 detour: parameters are
-created on the meta device, materialised in place, then loaded or randomly initialised."""
+"""Builds the model class registered for the config's model_type in the target dtype and
+device without an fp32 detour: parameters are created on the meta device, materialised in
+place, then loaded or randomly initialised."""
 from __future__ import annotations
 
 import contextlib
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from baton.models.config import ModelConfig
 from baton.models.loader import load_weights
-from baton.models.qwen3_vl import Qwen3VL
+from baton.models.registry import model_class
 
 
 @contextlib.contextmanager
@@ -22,24 +24,45 @@ def _default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
-def build_empty(cfg: ModelConfig, ops, dtype: torch.dtype, device: torch.device | str) -> Qwen3VL:
-    """Uninitialised weights (memory allocated, contents undefined)."""
+def build_meta(cfg: ModelConfig, ops, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The model on the meta device: shapes and dtypes only, no memory. CheckpointError
+    naming the model_type when no class is registered for it."""
+    cls = model_class(cfg.model_type)
     with _default_dtype(dtype), torch.device("meta"):
-        model = Qwen3VL(cfg, ops)
+        return cls(cfg, ops)
+
+
+def _tied(model: nn.Module) -> list[tuple[str, str]]:
+    """(alias, owner) names of parameters that share one tensor."""
+    owners: dict[int, str] = {}
+    ties = []
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in owners:
+            ties.append((name, owners[id(p)]))
+        else:
+            owners[id(p)] = name
+    return ties
+
+
+def build_empty(cfg: ModelConfig, ops, dtype: torch.dtype, device: torch.device | str) -> nn.Module:
+    """Uninitialised weights (memory allocated, contents undefined)."""
+    model = build_meta(cfg, ops, dtype)
+    ties = _tied(model)
     model.to_empty(device=device)
-    if cfg.tie_word_embeddings:  # to_empty replaces parameters one by one, which unties them
-        model.lm_head.weight = model.language_model.embed_tokens.weight
+    for alias, owner in ties:  # to_empty replaces parameters one by one, which unties them
+        mod, _, leaf = alias.rpartition(".")
+        setattr(model.get_submodule(mod), leaf, model.get_parameter(owner))
     return model.eval()
 
 
-def load_model(checkpoint_dir: str | Path, cfg: ModelConfig, ops, dtype, device) -> Qwen3VL:
+def load_model(checkpoint_dir: str | Path, cfg: ModelConfig, ops, dtype, device) -> nn.Module:
     model = build_empty(cfg, ops, dtype, device)
     load_weights(model, checkpoint_dir)
     return model
 
 
 @torch.no_grad()
-def random_model(cfg: ModelConfig, ops, dtype, device, seed: int = 0, std: float = 0.02) -> Qwen3VL:
+def random_model(cfg: ModelConfig, ops, dtype, device, seed: int = 0, std: float = 0.02) -> nn.Module:
     """Random weights directly in `dtype` (for latency work on real architectures)."""
     model = build_empty(cfg, ops, dtype, device)
     gen = torch.Generator(device=device).manual_seed(seed)

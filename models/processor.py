@@ -52,19 +52,50 @@ class ImageInput:
     content_hash: str
 
 
+@dataclass(frozen=True)
+class MRopePositions:
+    """M-RoPE positions of a sequence (models.interface.TokenPositions).
+
+    prompt: int64 [3, L] (t, h, w rows) of the L prompt tokens; the token at sequence index
+    i >= L has position i + delta on all three rows.
+    """
+
+    prompt: torch.Tensor
+    delta: int
+
+    def positions(self, start: int, end: int) -> torch.Tensor:
+        """int64 [3, end - start] of tokens [start, end)."""
+        p = self.prompt.shape[1]
+        parts = []
+        if start < p:
+            parts.append(self.prompt[:, start:min(end, p)])
+        if end > p:
+            gen = torch.arange(max(start, p), end, dtype=torch.long) + self.delta
+            parts.append(gen.expand(3, -1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 @dataclass
 class ProcessedPrompt:
     """A prompt ready for the engine.
 
     token_ids: with every image placeholder expanded to its image's pad tokens.
-    mrope_positions: int64 [3, len(token_ids)] (t, h, w rows).
-    mrope_delta: the token at sequence index i >= len(token_ids) has position i + mrope_delta.
+    positions: the positions of its tokens and of those generated after it.
     """
 
     token_ids: list[int]
     images: list[ImageInput]
-    mrope_positions: torch.Tensor
-    mrope_delta: int
+    positions: MRopePositions
+
+    @property
+    def mrope_positions(self) -> torch.Tensor:
+        """int64 [3, len(token_ids)] (t, h, w rows)."""
+        return self.positions.prompt
+
+    @property
+    def mrope_delta(self) -> int:
+        """The token at sequence index i >= len(token_ids) has position i + mrope_delta."""
+        return self.positions.delta
 
 
 def mrope_positions(token_ids: Sequence[int], image_token_id: int,
@@ -424,7 +455,7 @@ class Processor:
             out.extend([self.image_token_id] * img.num_tokens)
             i += img.num_tokens if expanded else 1
         positions, delta = self.positions_for(out, placed)
-        return ProcessedPrompt(token_ids=out, images=placed, mrope_positions=positions, mrope_delta=delta)
+        return ProcessedPrompt(token_ids=out, images=placed, positions=MRopePositions(positions, delta))
 
     @staticmethod
     def _image_list(images) -> list:

@@ -2,16 +2,44 @@
 onto our (partly fused) parameters."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import torch
 from torch import nn
 
-from baton.models.attention import AttentionMetadata
 from baton.models.config import ModelConfig
+from baton.models.interface import StepInputs
 from baton.models.ops_linear import OpsLinear
 from baton.models.qwen3_vl_text import TextDecoder
 from baton.models.qwen3_vl_vision import VisionTower
+from baton.models.registry import register_model
 
 
+@dataclass(frozen=True)
+class Qwen3VLVisualFeatures:
+    """One image's vision output (models.interface.VisualFeatures), T visual tokens.
+
+    embeds: [T, hidden] replace the image pad tokens' embeddings; deepstack: one [T, hidden]
+    per deepstack level i, added to the residual stream after decoder layer i. Model dtype.
+    """
+
+    embeds: torch.Tensor
+    deepstack: tuple[torch.Tensor, ...]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.embeds.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.embeds, *self.deepstack))
+
+    def rows(self, start: int, end: int) -> "Qwen3VLVisualFeatures":
+        return Qwen3VLVisualFeatures(self.embeds[start:end], tuple(d[start:end] for d in self.deepstack))
+
+
+@register_model("qwen3_vl")
 class Qwen3VL(nn.Module):
     # checkpoint sub-name -> (our fused parameter sub-name, shard id)
     packed_modules = {
@@ -52,30 +80,36 @@ class Qwen3VL(nn.Module):
     # stored as a Conv3d [E, C, T, P, P] in checkpoints; ours is the equivalent Linear
     reshaped_params = ("visual.patch_embed.proj.weight",)
 
-    @torch.no_grad()
-    def encode_images(self, pixel_patches: torch.Tensor, grids: list[tuple[int, int, int]]):
-        """-> (embeds [tokens, hidden], deepstack list of [tokens, hidden]) for the images in order."""
-        return self.visual(pixel_patches, grids)
+    def parameter_groups(self) -> dict[str, nn.Module]:
+        """Modules the cost model counts apart: embedding, decoder layers, final norm, LM head
+        (shares the embedding's weight when tied) and the vision tower."""
+        lm = self.language_model
+        return {"embedding": lm.embed_tokens, "layers": lm.layers, "final_norm": lm.norm,
+                "lm_head": self.lm_head, "vision": self.visual}
 
     @torch.no_grad()
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-        meta: AttentionMetadata,
-        visual_index: torch.Tensor | None = None,
-        visual_embeds: torch.Tensor | None = None,
-        deepstack: list[torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """input_ids int64 [N], positions int64 [3, N]. Visual rows (visual_index [M]) take
-        visual_embeds [M, hidden] instead of their token embedding. Returns hidden [N, hidden]."""
-        embeds = self.language_model.embed_tokens(input_ids)
-        if visual_index is not None and visual_index.numel():
-            embeds[visual_index] = visual_embeds.to(embeds.dtype)
-        else:
-            deepstack = None
-        return self.language_model(embeds, positions, kv_caches, meta, visual_index, deepstack)
+    def encode_images(self, pixel_values: torch.Tensor,
+                      grids: Sequence[tuple[int, int, int]]) -> list[Qwen3VLVisualFeatures]:
+        """pixel_values [num_patches, patch_dim] of the images in order, grids their (t, h, w).
+        Returns one Qwen3VLVisualFeatures per image (t*h*w / merge^2 tokens each)."""
+        embeds, deepstack = self.visual(pixel_values, list(grids))
+        merge = self.cfg.vision.spatial_merge_size ** 2
+        sizes = [t * h * w // merge for t, h, w in grids]
+        levels = [d.split(sizes) for d in deepstack]
+        return [Qwen3VLVisualFeatures(e, tuple(level[i] for level in levels))
+                for i, e in enumerate(embeds.split(sizes))]
+
+    @torch.no_grad()
+    def forward(self, inputs: StepInputs) -> torch.Tensor:
+        """Visual rows take their features' embeds instead of the token embedding, and get the
+        deepstack features added after the first layers. Returns hidden [N, hidden]."""
+        embeds = self.language_model.embed_tokens(inputs.input_ids)
+        rows, deepstack = inputs.visual_rows, None
+        if rows is not None and rows.numel():
+            feats = inputs.visual
+            embeds[rows] = torch.cat([f.embeds for f in feats]).to(embeds.dtype)
+            deepstack = [torch.cat([f.deepstack[i] for f in feats]) for i in range(len(feats[0].deepstack))]
+        return self.language_model(embeds, inputs.positions, inputs.kv_caches, inputs.attn, rows, deepstack)
 
     @torch.no_grad()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 
 from baton.models import tokenizer_builder
+from baton.models.config import parse_config
+from baton.models.param_counts import parameter_counts
 
 GENERATOR_VERSION = 3  # bump when weights / files for the same preset change
 
@@ -239,11 +241,8 @@ def count_parameters(config: dict | str = "tiny", vocab_size: int | None = None)
     spec = resolve_spec(config)
     ids = tokenizer_builder.special_token_ids(tokenizer_builder.build_tokenizer())
     hf = make_hf_config(spec, ids, vocab_size or _padded_vocab(tokenizer_builder.DEFAULT_VOCAB_SIZE))
-    counts = {"text": 0, "vision": 0}
-    for name, shape in parameter_shapes(hf).items():
-        counts["vision" if name.startswith("model.visual.") else "text"] += math.prod(shape)
-    counts["total"] = counts["text"] + counts["vision"]
-    return counts
+    counts = parameter_counts(parse_config(hf))
+    return {"text": counts.text_total, "vision": counts.vision, "total": counts.total}
 
 
 def _padded_vocab(n: int, multiple: int = 64) -> int:

@@ -7,6 +7,7 @@ import torch
 
 from baton.engine.sampling_params import SamplingParams
 from baton.engine.sequence import Sequence
+from baton.models.processor import MRopePositions
 
 
 @dataclass
@@ -28,6 +29,7 @@ class FakeProcessed:
     def __post_init__(self):
         if self.mrope_positions is None:
             self.mrope_positions = torch.arange(len(self.token_ids)).expand(3, -1)
+        self.positions = MRopePositions(self.mrope_positions, self.mrope_delta)
 
 
 def make_seq(rid: str, tokens: list[int], block_size: int, images=(), **params) -> Sequence:

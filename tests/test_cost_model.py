@@ -44,8 +44,8 @@ KV = 256
 
 def test_text_parameter_counts_by_hand():
     tied, untied = tiny_config(True), tiny_config(False)
-    assert cm.text_layer_linear_params(tied.text) == 3072
-    assert cm.text_layer_params(tied.text) == 3120
+    assert cm.text_linear_params(tied) == 2 * 3072
+    assert cm.text_params(tied)["layers"] == 6240
     assert cm.text_params(tied)["total"] == 1600 + 6240 + 16          # embedding + layers + final norm
     assert cm.text_params(untied)["total"] == 1600 + 6240 + 16 + 1600  # + separate LM head
     assert cm.text_step_weight_params(tied) == cm.text_step_weight_params(untied) == 7856
@@ -56,7 +56,7 @@ def test_vision_parameter_count_by_hand():
     # patch embed 24*8 + 8 = 200 (patch_dim 3*2*2*2 = 24); positions 16*8 = 128;
     # block: 2 LayerNorms 4*8 + qkv 8*24+24 + proj 8*8+8 + fc1 8*16+16 + fc2 16*8+8 = 600, x2 = 1200;
     # main merger (merged 32): norm 2*8 + 32*32+32 + 32*16+16 = 1600; deepstack: norm 2*32 -> 1648
-    assert cm.vision_params(tiny_config().vision) == 200 + 128 + 1200 + 1600 + 1648
+    assert cm.vision_params(tiny_config()) == 200 + 128 + 1200 + 1600 + 1648
 
 
 def test_vision_cost_by_hand():
@@ -112,7 +112,7 @@ def test_decode_cost_sums_its_steps():
 ])
 def test_parameter_counts_match_published_qwen3_vl(size, total, vision):
     cfg = parse_config(json.loads((CONFIGS / f"qwen3-vl-{size}.config.json").read_text()))
-    assert cm.vision_params(cfg.vision) == vision
+    assert cm.vision_params(cfg) == vision
     assert cm.total_params(cfg) == total
 
 

@@ -66,3 +66,19 @@ def test_fresh_environment_imports_baton_and_not_the_folders(wheel, tmp_path):
     assert f"BATON {venv}" in out.stdout
     for name in ("engine", "models", "kernels"):
         assert f"MISSING {name}" in out.stdout
+
+
+def test_models_and_kernels_never_import_the_engine():
+    """Errors live in baton.errors, at the bottom of the import graph: the model and kernel
+    layers stand alone."""
+    import ast
+
+    offenders = []
+    for folder in ("models", "kernels"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names
+                              if n == "baton.engine" or n.startswith("baton.engine.")]
+    assert not offenders, offenders

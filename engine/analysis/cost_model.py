@@ -14,13 +14,15 @@ Counting rules (the unit tests recompute them by hand):
 - Decode context lengths count the keys a step attends to, its own token included (the
   engine's `context_lens`).
 
-Everything is a plain int (no torch), so the model also runs on configs that do not fit.
+Parameter counts come from the model itself built on the meta device (models.param_counts):
+no memory, so the model also runs on configs that do not fit. Everything else is plain ints.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from baton.models.config import ModelConfig, TextConfig, VisionConfig
+from baton.models.param_counts import parameter_counts
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -41,62 +43,34 @@ class Cost:
     __rmul__ = __mul__
 
 
-# -- parameter counts -------------------------------------------------------------------------
-def text_layer_linear_params(t: TextConfig) -> int:
-    """Weights of one decoder layer's matrix products (q/k/v, o, gate/up, down), biases included."""
-    q, kv = t.num_attention_heads * t.head_dim, t.num_key_value_heads * t.head_dim
-    qkv = t.hidden_size * (q + 2 * kv) + ((q + 2 * kv) if t.attention_bias else 0)
-    o = q * t.hidden_size + (t.hidden_size if t.attention_bias else 0)
-    mlp = 3 * t.hidden_size * t.intermediate_size
-    return qkv + o + mlp
-
-
-def text_layer_params(t: TextConfig) -> int:
-    """One decoder layer: its matrices plus two RMSNorms (hidden) and the q/k norms (head_dim)."""
-    return text_layer_linear_params(t) + 2 * t.hidden_size + 2 * t.head_dim
-
-
+# -- parameter counts (from the model built on the meta device) ---------------------------------
 def text_params(cfg: ModelConfig) -> dict[str, int]:
     """{"embedding", "layers", "final_norm", "lm_head", "total"}; a tied head counts once (in embedding)."""
-    t = cfg.text
-    embedding = t.vocab_size * t.hidden_size
-    out = {
-        "embedding": embedding,
-        "layers": t.num_hidden_layers * text_layer_params(t),
-        "final_norm": t.hidden_size,
-        "lm_head": 0 if cfg.tie_word_embeddings else embedding,
-    }
+    c = parameter_counts(cfg)
+    out = {"embedding": c.embedding, "layers": c.layers, "final_norm": c.final_norm,
+           "lm_head": 0 if c.lm_head_tied else c.lm_head}
     out["total"] = sum(out.values())
     return out
 
 
+def text_linear_params(cfg: ModelConfig) -> int:
+    """Weights of the matrix products of all decoder layers (q/k/v, o, gate/up, down), biases included."""
+    return parameter_counts(cfg).layers_linear
+
+
 def text_step_weight_params(cfg: ModelConfig) -> int:
     """Parameters one text forward step reads: layers, final norm and the LM head matrix."""
-    t = cfg.text
-    return t.num_hidden_layers * text_layer_params(t) + t.hidden_size + t.vocab_size * t.hidden_size
+    c = parameter_counts(cfg)
+    return c.layers + c.final_norm + c.lm_head
 
 
-def _merger_params(v: VisionConfig, postshuffle_norm: bool) -> int:
-    merged = v.hidden_size * v.spatial_merge_size**2
-    norm = 2 * (merged if postshuffle_norm else v.hidden_size)  # LayerNorm weight + bias
-    return norm + merged * merged + merged + merged * v.out_hidden_size + v.out_hidden_size
-
-
-def vision_block_params(v: VisionConfig) -> int:
-    h, i = v.hidden_size, v.intermediate_size
-    return 4 * h + (h * 3 * h + 3 * h) + (h * h + h) + (h * i + i) + (i * h + h)
-
-
-def vision_params(v: VisionConfig) -> int:
+def vision_params(cfg: ModelConfig) -> int:
     """Every vision-tower parameter: patch embedding, position table, blocks and all mergers."""
-    patch = v.patch_dim * v.hidden_size + v.hidden_size
-    pos = v.num_position_embeddings * v.hidden_size
-    mergers = _merger_params(v, False) + len(v.deepstack_visual_indexes) * _merger_params(v, True)
-    return patch + pos + v.depth * vision_block_params(v) + mergers
+    return parameter_counts(cfg).vision
 
 
 def total_params(cfg: ModelConfig) -> int:
-    return text_params(cfg)["total"] + vision_params(cfg.vision)
+    return parameter_counts(cfg).total
 
 
 def weight_bytes(cfg: ModelConfig, dtype_bytes: int) -> int:
@@ -135,7 +109,7 @@ def vision_cost(cfg: ModelConfig, grid_hw: tuple[int, int], dtype_bytes: int) ->
     flops += v.depth * per_block
     mergers = 1 + len(v.deepstack_visual_indexes)
     flops += mergers * 2 * tokens * (merged * merged + merged * v.out_hidden_size)
-    return Cost(float(flops), float(vision_params(v) * dtype_bytes))
+    return Cost(float(flops), float(vision_params(cfg) * dtype_bytes))
 
 
 def _attention_flops(t: TextConfig, query_key_pairs: int) -> int:
@@ -148,7 +122,7 @@ def prefill_cost(cfg: ModelConfig, num_new: int, prefix: int = 0, *, dtype_bytes
     then the LM head on its last token."""
     t = cfg.text
     pairs = num_new * prefix + num_new * (num_new + 1) // 2
-    flops = 2 * num_new * t.num_hidden_layers * text_layer_linear_params(t)
+    flops = 2 * num_new * text_linear_params(cfg)
     flops += _attention_flops(t, pairs) + 2 * t.hidden_size * t.vocab_size
     kv = kv_bytes_per_token(t, dtype_bytes)
     nbytes = text_step_weight_params(cfg) * dtype_bytes + (prefix + num_new) * kv + num_new * kv
@@ -160,7 +134,7 @@ def decode_step_cost(cfg: ModelConfig, context_lens: list[int], *, dtype_bytes: 
     keys (the new token's included) are attended by sequence b."""
     t = cfg.text
     batch = len(context_lens)
-    flops = 2 * batch * (t.num_hidden_layers * text_layer_linear_params(t) + t.hidden_size * t.vocab_size)
+    flops = 2 * batch * (text_linear_params(cfg) + t.hidden_size * t.vocab_size)
     flops += _attention_flops(t, sum(context_lens))
     kv = kv_bytes_per_token(t, dtype_bytes)
     nbytes = text_step_weight_params(cfg) * dtype_bytes + sum(context_lens) * kv + batch * kv

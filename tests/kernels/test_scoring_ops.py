@@ -429,7 +429,7 @@ def test_missing_extension_is_an_import_error_naming_the_build_command():
         "else:\n"
         "    print('imported without the extension')\n"
     )
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env=env)
     assert "IMPORT-ERROR:" in out.stdout, out.stdout + out.stderr

@@ -10,7 +10,7 @@ from baton.kernels.registry import get_ops
 from baton.models.config import parse_config
 from baton.models.qwen3_vl import Qwen3VL
 
-CONFIGS = Path(__file__).resolve().parent.parent / "models" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "models" / "configs"
 # size: (total, vision incl. mergers, text incl. the LM head when untied)
 PUBLISHED = {
     "2b": (2_127_532_032, 406_957_056, 1_720_574_976),

@@ -14,7 +14,7 @@ from baton.models import synthetic, tokenizer_builder
 from baton.models.config import parse_config
 from baton.models.param_counts import parameter_counts
 
-CONFIGS = Path(__file__).resolve().parents[1] / "models" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "models" / "configs"
 
 
 def _numel(params) -> int:

@@ -10,7 +10,7 @@ from baton.engine.analysis.calibration import TimeModel, fit_time_model
 from baton.engine.analysis.devices import PRESETS, parse_device
 from baton.models.config import parse_config
 
-CONFIGS = Path(__file__).resolve().parents[1] / "models" / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "models" / "configs"
 
 
 def tiny_config(tie: bool = True):

@@ -2,8 +2,11 @@
 (`add_request`, `step`, `abort`) that the multi-agent layer drives."""
 from __future__ import annotations
 
+import functools
 import itertools
+import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Hashable
@@ -26,6 +29,21 @@ from baton.kernels.registry import get_ops, resolve_backend
 from baton.models.config import load_config
 from baton.models.factory import load_model
 from baton.models.processor import Processor
+
+logger = logging.getLogger("baton")
+
+
+def _locked(method):
+    """One engine, many threads: entry points take the engine's (re-entrant) lock, so
+    add_request / abort from any thread interleave safely with whichever thread steps."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_MAX_MODEL_LEN = 32768
@@ -136,6 +154,9 @@ class LLM:
         self._seqs: dict[str, Sequence] = {}
         self._detoks: dict[str, IncrementalDetokenizer] = {}
         self._router = OutputRouter()
+        self._lock = threading.RLock()
+        # tests: called with each scheduled batch before the model runs; raising fails the step
+        self.fault_hook = None
         self._counter = itertools.count()
 
     @classmethod
@@ -183,6 +204,7 @@ class LLM:
             f"a prompt must be a str or a dict with 'prompt' and 'images', got {type(prompt).__name__}"
         )
 
+    @_locked
     def add_request(self, prompt, sampling_params: SamplingParams | None = None,
                     request_id: str | None = None, *, owner: Hashable = DEFAULT_OWNER) -> str:
         """Validates and queues one request; raises InvalidRequestError (engine state untouched).
@@ -220,6 +242,7 @@ class LLM:
             pass
         return rid
 
+    @_locked
     def score(self, prompt, query_start: int, key_start: int, key_end: int) -> torch.Tensor:
         """float32 [key_end - key_start] (CPU): the last layer's attention of prompt tokens
         [query_start, end) onto keys [key_start, key_end), summed over heads and queries. The
@@ -231,6 +254,7 @@ class LLM:
         return probe_attention(self.runner, self.block_manager, self._process(prompt), query_start,
                                key_start, key_end, max_len=self.max_seq_len)
 
+    @_locked
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stops a request and returns its KV blocks; None if it is unknown or already done.
         The returned output (finish_reason "abort") also reaches the request's owner when that
@@ -248,6 +272,7 @@ class LLM:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work()
 
+    @_locked
     def step(self, owner: Hashable = DEFAULT_OWNER) -> list[RequestOutput]:
         """Runs one engine step (when there is work) and returns the outputs waiting for
         `owner`: by default the requests submitted with add_request. Each request that got a
@@ -257,7 +282,11 @@ class LLM:
             self._engine_step()
         return self._router.take(owner)
 
+    @_locked
     def _engine_step(self) -> None:
+        """One scheduled step. If building the batch, the model or the sampler raises, every
+        request of the step ends with finish_reason "error" and its blocks are freed; requests
+        outside the step are untouched and the engine keeps serving."""
         batch = self.scheduler.schedule()
         if not batch:
             return
@@ -265,20 +294,41 @@ class LLM:
         for seq in batch.seqs:
             if seq.metrics.first_scheduled_time is None:
                 seq.metrics.first_scheduled_time = now
-        results = self.runner.execute(batch)
+        try:
+            if self.fault_hook is not None:
+                self.fault_hook(batch)
+            results = self.runner.execute(batch)
+        except Exception as e:  # noqa: BLE001 - whatever broke, it breaks this step's requests only
+            logger.exception("engine step failed; failing its %d requests", len(batch.seqs))
+            for seq in batch.seqs:
+                self.scheduler.fail(seq, f"engine step failed: {type(e).__name__}: {e}")
+                self._publish(seq)
+            return
         self.scheduler.update_from_output(batch, results)
         now = time.perf_counter()
         for r in results:
             seq = r.seq
-            if seq.metrics.first_token_time is None:
-                seq.metrics.first_token_time = now
-            detok = self._detoks[seq.request_id]
-            if detok.add(r.token_id) and seq.finish_reason is None:
-                seq.finish_reason = "stop"  # a stop string: the scheduler only sees token ids
-                self.scheduler.finish(seq)
-            if seq.finish_reason is not None:
-                del self._seqs[seq.request_id]
-            self._router.post(self._output(seq))
+            if r.error is None:
+                if seq.metrics.first_token_time is None:
+                    seq.metrics.first_token_time = now
+                if self._detoks[seq.request_id].add(r.token_id) and seq.finish_reason is None:
+                    seq.finish_reason = "stop"  # a stop string: the scheduler only sees token ids
+                    self.scheduler.finish(seq)
+            self._publish(seq)
+
+    def _publish(self, seq: Sequence) -> None:
+        if seq.finish_reason is not None:
+            self._seqs.pop(seq.request_id, None)
+        self._router.post(self._output(seq))
+
+    @_locked
+    def _pump(self, owner: Hashable) -> list[RequestOutput]:
+        """The outputs waiting for `owner`, after running a step if there were none."""
+        if not self._router.has_pending(owner):
+            if not self.scheduler.has_work():
+                raise BatonError("an owner waits on requests the engine no longer holds")  # pragma: no cover
+            self._engine_step()
+        return self._router.take(owner)
 
     def _output(self, seq: Sequence) -> RequestOutput:
         """This step's output of `seq`: the text and tokens so far, the new delta, and on the
@@ -319,11 +369,7 @@ class LLM:
         done = False
         try:
             while not done:
-                if not self._router.has_pending(owner):
-                    if not self.scheduler.has_work():
-                        raise BatonError(f"request {rid} vanished from the engine")  # pragma: no cover
-                    self._engine_step()
-                for out in self._router.take(owner):
+                for out in self._pump(owner):
                     done = out.finished
                     yield out
         finally:
@@ -332,6 +378,7 @@ class LLM:
     def _submit(self, prompt, params, request_id, owner: Hashable) -> str:
         return self.add_request(prompt, params, request_id, owner=owner)
 
+    @_locked
     def release(self, owner: Hashable) -> None:
         """An owner is done: its unfinished requests are aborted and its mailbox dropped."""
         for rid in self._router.requests_of(owner):
@@ -389,11 +436,7 @@ class LLM:
             pending = set(ids)
             with tqdm(total=len(ids), desc="generate", disable=not use_tqdm) as bar:
                 while pending:
-                    if not self._router.has_pending(owner):
-                        if not self.scheduler.has_work():
-                            raise BatonError(f"requests {sorted(pending)} vanished from the engine")  # pragma: no cover
-                        self._engine_step()
-                    for out in self._router.take(owner):
+                    for out in self._pump(owner):
                         if out.finished:
                             pending.discard(out.request_id)
                             outputs[ids[out.request_id]] = out
@@ -403,6 +446,7 @@ class LLM:
         return [outputs[i] for i in range(len(items))]
 
     # -- introspection ------------------------------------------------------------------------
+    @_locked
     def stats(self) -> dict:
         bm = self.block_manager
         return {

@@ -22,6 +22,10 @@ class StepResult:
     token_id: int
     logprobs: dict | None
     token_stats: tuple[float, float, float, float] | None = None  # SamplingParams(token_stats=True)
+    error: str | None = None  # this sequence failed (token_id is then meaningless)
+
+
+NON_FINITE = "the model produced non-finite logits"
 
 
 class ModelRunner:
@@ -145,6 +149,21 @@ class ModelRunner:
         return input_ids, positions, meta, visual, logits_rows, sample_seqs
 
     @torch.inference_mode()
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[StepResult]:
+        """Samples every row with finite logits; a row with a NaN or inf fails its sequence
+        alone instead of decoding garbage (argmax of NaN is token 0)."""
+        finite = torch.isfinite(logits).all(dim=-1)
+        if bool(finite.all()):
+            out = self.sampler(logits, seqs)
+            return [StepResult(*r) for r in zip(seqs, out.token_ids, out.logprobs, out.token_stats)]
+        ok = finite.nonzero().flatten().tolist()
+        results = {i: StepResult(seq, -1, None, error=NON_FINITE) for i, seq in enumerate(seqs)}
+        if ok:
+            out = self.sampler(logits[ok], [seqs[i] for i in ok])
+            for i, r in zip(ok, zip(out.token_ids, out.logprobs, out.token_stats)):
+                results[i] = StepResult(seqs[i], *r)
+        return [results[i] for i in range(len(seqs))]
+
     def execute(self, batch: ScheduledBatch) -> list[StepResult]:
         """Runs the step and samples; the scheduler's update_from_output then advances the
         sequences. Returns one result per sampled sequence."""
@@ -156,8 +175,7 @@ class ModelRunner:
         results = []
         if sample_seqs:
             logits = self.model.compute_logits(hidden[logits_rows])
-            out = self.sampler(logits, sample_seqs)
-            results = [StepResult(*r) for r in zip(sample_seqs, out.token_ids, out.logprobs, out.token_stats)]
+            results = self._sample(logits, sample_seqs)
         elapsed = time.perf_counter() - t0
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             # prefill until the first token, or while recomputing a preempted prompt

@@ -107,14 +107,22 @@ class Scheduler:
     def update_from_output(self, batch: ScheduledBatch, results) -> list[Sequence]:
         """The post-step half of the protocol: the step's tokens count as computed, newly full
         blocks go to the prefix cache, sampled tokens (results: `.seq`, `.token_id`,
-        `.logprobs`, `.token_stats`) join their sequences, and sequences that hit EOS, a stop
-        token id, max_tokens or max_seq_len finish. Returns the sequences finished here."""
+        `.logprobs`, `.token_stats`, `.error`) join their sequences, and sequences that hit EOS,
+        a stop token id, max_tokens or max_seq_len finish; a result with an error fails its
+        sequence without counting or caching that step's K/V. Returns the sequences finished."""
+        failed = {id(r.seq): r.error for r in results if r.error is not None}
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            if id(seq) in failed:
+                continue  # its K/V of this step is suspect: never counted, never cached
             seq.num_computed_tokens += n
             self.bm.commit(seq)
         finished = []
         for r in results:
             seq = r.seq
+            if r.error is not None:
+                self.fail(seq, r.error)
+                finished.append(seq)
+                continue
             seq.token_ids.append(r.token_id)
             if seq.logprobs is not None:
                 seq.logprobs.append(r.logprobs)
@@ -136,6 +144,11 @@ class Scheduler:
         if self.max_seq_len is not None and len(seq) >= self.max_seq_len:
             return "length"
         return None
+
+    def fail(self, seq: Sequence, error: str) -> None:
+        """Ends a sequence with finish_reason "error"; its blocks are freed like any finish."""
+        seq.finish_reason, seq.error = "error", error
+        self.finish(seq)
 
     def finish(self, seq: Sequence) -> None:
         """Removes a finished (or aborted) sequence from whichever queue holds it."""

@@ -81,9 +81,12 @@ def _run_probed(runner, seq: Sequence, start: int, query_start, key_start, key_e
                              key_start, key_end, module.scale))
 
     handle = layer.register_forward_hook(hook)
+    # eager even for a one-token step: a hook never runs inside a replayed CUDA graph
+    static, runner.static_decode = runner.static_decode, None
     try:
         runner.execute(ScheduledBatch([seq], [len(seq) - start]))
     finally:
+        runner.static_decode = static
         handle.remove()
     return found[0].cpu()
 

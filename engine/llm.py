@@ -18,16 +18,19 @@ from baton.engine.block_manager import BlockManager
 from baton.engine.detokenizer import IncrementalDetokenizer
 from baton.engine.encoder_cache import EncoderCache
 from baton.errors import BatonError, InvalidRequestError
-from baton.engine.host_allocator import tune_host_allocator
+from baton.engine.host_allocator import release_free_memory, tune_host_allocator
 from baton.engine.model_runner import ModelRunner
+from baton.engine.options import check_llm_options
 from baton.engine.output_router import DEFAULT_OWNER, OutputRouter
 from baton.engine.outputs import RequestOutput
 from baton.engine.sampling_params import SamplingParams
 from baton.engine.scheduler import Scheduler
 from baton.engine.sequence import Sequence
+from baton.engine.static_decode import resolve_cuda_graphs, static_decode_for
 from baton.kernels.registry import get_ops, resolve_backend
 from baton.models.config import load_config
 from baton.models.factory import load_model
+from baton.models.image_io import DEFAULT_MAX_IMAGE_PIXELS
 from baton.models.processor import Processor
 
 logger = logging.getLogger("baton")
@@ -51,13 +54,18 @@ CPU_KV_CAP_BYTES = 1 << 30
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
+    """"auto", "cpu", "cuda" or "cuda:N" (or a torch.device); InvalidRequestError naming device."""
+    name = str(device) if isinstance(device, (str, torch.device)) else None
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
-    return torch.device(device)
+    index = name[5:] if name and name.startswith("cuda:") else None
+    if name not in ("cpu", "cuda") and not (index and index.isdigit()):
+        raise InvalidRequestError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidRequestError(f"device={name!r} requested but torch sees no CUDA device")
+    if index and int(index) >= torch.cuda.device_count():
+        raise InvalidRequestError(f"device={name!r}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return torch.device(name)
 
 
 def resolve_dtype(dtype: str, device: torch.device, checkpoint_dtype: str) -> torch.dtype:
@@ -65,8 +73,8 @@ def resolve_dtype(dtype: str, device: torch.device, checkpoint_dtype: str) -> to
         if device.type == "cpu":
             return torch.float32
         return _DTYPES.get(checkpoint_dtype, torch.bfloat16)
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)} or 'auto', got {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise InvalidRequestError(f"dtype must be one of {', '.join(_DTYPES)} or 'auto', got {dtype!r}")
     return _DTYPES[dtype]
 
 
@@ -111,14 +119,23 @@ class LLM:
         max_num_batched_tokens: int = 4096,
         max_model_len: int | None = None,
         encoder_cache_bytes: int = 512 << 20,
+        check_weights: bool = True,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+        use_cuda_graphs: bool | str = "auto",
         _model_cfg=None,
         _model=None,
         _processor=None,
     ):
-        if block_size < 1 or block_size & (block_size - 1):
-            raise ValueError(f"block_size must be a power of two, got {block_size}")
-        if max_num_seqs < 1 or max_num_batched_tokens < 1:
-            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        """Bad options raise InvalidRequestError naming the option. check_weights: refuse a
+        checkpoint with a NaN or inf weight (CheckpointError naming the tensor).
+        max_image_pixels: images with more pixels (width * height) are refused before
+        decoding; None lifts the cap. use_cuda_graphs: decode-only steps on static buffers,
+        replayed as CUDA graphs ("auto": on CUDA with the triton backend; True on the CPU runs
+        the same static path uncaptured; see engine/static_decode.py)."""
+        check_llm_options(block_size=block_size, kv_cache_bytes=kv_cache_bytes, max_num_seqs=max_num_seqs,
+                          max_num_batched_tokens=max_num_batched_tokens, max_model_len=max_model_len,
+                          encoder_cache_bytes=encoder_cache_bytes, enable_prefix_caching=enable_prefix_caching,
+                          check_weights=check_weights, max_image_pixels=max_image_pixels)
         self.model_path = Path(model) if model is not None else None
         self.device = resolve_device(device)
         if self.device.type == "cpu":
@@ -127,9 +144,13 @@ class LLM:
         self.dtype = resolve_dtype(dtype, self.device, self.model_cfg.torch_dtype)
         self.backend = resolve_backend(attention_backend, self.device)
         self.ops = get_ops(self.backend)
+        self.use_cuda_graphs = resolve_cuda_graphs(use_cuda_graphs, self.device, self.backend)
         self.processor = _processor if _processor is not None else Processor(self.model_path)
+        self.processor.max_image_pixels = max_image_pixels
+        self.processor.release_memory = release_free_memory  # a large image's buffers go back to the OS
+        self.processor.check_vision_config(self.model_cfg.vision)  # e.g. a from_random config
         self.model = _model if _model is not None else load_model(
-            self.model_path, self.model_cfg, self.ops, self.dtype, self.device
+            self.model_path, self.model_cfg, self.ops, self.dtype, self.device, check_weights
         )
         self.max_model_len = min(
             max_model_len or DEFAULT_MAX_MODEL_LEN, self.model_cfg.text.max_position_embeddings
@@ -141,13 +162,16 @@ class LLM:
                                                     max_num_seqs)
         num_blocks = kv_cache_bytes // per_block
         if num_blocks < 1:
-            raise ValueError(f"kv_cache_bytes={kv_cache_bytes} is smaller than one KV block ({per_block} bytes)")
+            raise InvalidRequestError(
+                f"kv_cache_bytes={kv_cache_bytes} is smaller than one KV block ({per_block} bytes)")
         self.encoder_cache = EncoderCache(encoder_cache_bytes)
         self.runner = ModelRunner(self.model, num_blocks, block_size, self.dtype, self.device, self.encoder_cache)
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching,
                                           copy_kv=self.runner.copy_kv_slots)
         # a sequence never outgrows the pool, so one running alone can always proceed
         self.max_seq_len = min(self.max_model_len, num_blocks * block_size)
+        if self.use_cuda_graphs:
+            self.runner.static_decode = static_decode_for(self.runner, max_num_seqs, self.max_seq_len)
         self.eos_token_ids = set(self.processor.eos_token_ids) | set(self.model_cfg.eos_token_ids)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens,
                                    eos_token_ids=self.eos_token_ids, max_seq_len=self.max_seq_len)
@@ -213,6 +237,10 @@ class LLM:
         params = sampling_params if sampling_params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise InvalidRequestError("sampling_params must be a SamplingParams")
+        vocab = self.model_cfg.text.vocab_size
+        if params.logprobs is not None and params.logprobs > vocab:
+            raise InvalidRequestError(
+                f"SamplingParams.logprobs={params.logprobs} exceeds the vocabulary size {vocab}")
         if request_id is None:
             request_id = self._auto_id()
         if request_id in self._seqs:

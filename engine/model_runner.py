@@ -43,6 +43,7 @@ class ModelRunner:
         self.encoder_cache = encoder_cache
         self.sampler = Sampler()
         self.vision_encoder_calls = 0
+        self.static_decode = None  # engine.static_decode.StaticDecode: decode-only steps on static buffers
 
     @staticmethod
     def kv_bytes_per_block(model_cfg, block_size: int, dtype: torch.dtype) -> int:
@@ -168,10 +169,14 @@ class ModelRunner:
         """Runs the step and samples; the scheduler's update_from_output then advances the
         sequences. Returns one result per sampled sequence."""
         images = self._encode_missing(batch)
-        input_ids, positions, meta, visual, logits_rows, sample_seqs = self._prepare(batch, images)
-        t0 = time.perf_counter()
-        visual_rows, visual_feats = visual if visual is not None else (None, [])
-        hidden = self.model(StepInputs(input_ids, positions, meta, self.kv_caches, visual_rows, visual_feats))
+        if self.static_decode is not None and self.static_decode.accepts(batch):
+            t0 = time.perf_counter()
+            hidden, logits_rows, sample_seqs = self.static_decode.run(batch)
+        else:  # prefills, mixed steps (and every step without static decode) run eagerly
+            input_ids, positions, meta, visual, logits_rows, sample_seqs = self._prepare(batch, images)
+            t0 = time.perf_counter()
+            visual_rows, visual_feats = visual if visual is not None else (None, [])
+            hidden = self.model(StepInputs(input_ids, positions, meta, self.kv_caches, visual_rows, visual_feats))
         results = []
         if sample_seqs:
             logits = self.model.compute_logits(hidden[logits_rows])

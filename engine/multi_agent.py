@@ -18,7 +18,8 @@ from baton.errors import BatonError, InvalidRequestError
 from baton.engine.llm import LLM
 from baton.engine.outputs import RequestOutput
 from baton.engine.sampling_params import SamplingParams
-from baton.engine.selection import POLICIES, segment_ids, select
+from baton.engine.options import check_bool, check_int
+from baton.engine.selection import POLICIES, SEGMENTS, resolve_budget, segment_ids, select
 from baton.engine.trace import StageRecord, chrome_trace
 
 MODES = ("small", "large", "small-reason", "large-reason", "transfer", "auto")
@@ -57,9 +58,20 @@ class MultiAgent:
         """small / large: an LLM or a checkpoint path. With paths, one KV budget
         (kv_cache_bytes) is split so both pools hold the same number of tokens.
         exact_lengths: every stage generates exactly its max tokens (no EOS or stop string),
-        so benchmarks compare equal work."""
+        so benchmarks compare equal work. Bad options raise InvalidRequestError naming them."""
+        check_int("brief_max_tokens", brief_max_tokens)
+        check_int("reason_max_tokens", reason_max_tokens)
+        check_bool("exact_lengths", exact_lengths)
+        check_int("kv_cache_bytes", kv_cache_bytes, optional=True)
+        if selector not in POLICIES:
+            raise InvalidRequestError(f"selector must be one of {POLICIES}, got {selector!r}")
+        if segments not in SEGMENTS:
+            raise InvalidRequestError(f"segments must be one of {SEGMENTS}, got {segments!r}")
+        resolve_budget(budget, 1)  # raises naming budget
+        if prompts is not None and not isinstance(prompts, AgentPrompts):
+            raise InvalidRequestError(f"prompts must be an AgentPrompts, got {type(prompts).__name__}")
         if isinstance(small, LLM) != isinstance(large, LLM):
-            raise ValueError("pass both models as LLM instances or both as paths")
+            raise InvalidRequestError("small and large: pass both as LLM instances or both as paths")
         if not isinstance(small, LLM):
             small, large = self._build_pair(small, large, kv_cache_bytes, llm_kwargs)
         self.engines = {"small": small, "large": large}
@@ -85,16 +97,19 @@ class MultiAgent:
                 LLM(large_path, kv_cache_bytes=int(kv_cache_bytes * (1 - share)), **llm_kwargs))
 
     # -- public API ---------------------------------------------------------------------------
-    def run(self, messages, mode: str = "auto", selector: str | None = None, budget=None) -> MultiAgentResult:
+    def run(self, messages, mode: str = "auto", selector: str | None = None, budget=None,
+            on_output=None) -> MultiAgentResult:
         """One request; raises InvalidRequestError for a bad one."""
-        res = self.run_batch([messages], mode=mode, selector=selector, budget=budget)[0]
+        res = self.run_batch([messages], mode=mode, selector=selector, budget=budget, on_output=on_output)[0]
         if res.error is not None:
             raise InvalidRequestError(res.error)
         return res
 
     def run_batch(self, batch: list, mode: str = "auto", selector: str | None = None,
-                  budget=None) -> list[MultiAgentResult]:
-        """Many requests through one step loop; a bad request fails alone (result.error set)."""
+                  budget=None, on_output=None) -> list[MultiAgentResult]:
+        """Many requests through one step loop; a bad request fails alone (result.error set).
+        on_output(request index, Stage, RequestOutput) sees every stage output as it streams;
+        an exception it raises stops the run and aborts the stages in flight."""
         if mode not in MODES:
             raise InvalidRequestError(f"mode must be one of {MODES}, got {mode!r}")
         selector = selector or self.selector
@@ -104,11 +119,11 @@ class MultiAgent:
         t0 = time.perf_counter()
         results = [MultiAgentResult(answer="", mode=mode) for _ in batch]
         pipelines = {i: self._pipeline(msgs, mode, selector, budget, results[i]) for i, msgs in enumerate(batch)}
-        self._drive(pipelines, results, t0)
+        self._drive(pipelines, results, t0, on_output)
         return results
 
     # -- the step loop ------------------------------------------------------------------------
-    def _drive(self, pipelines: dict, results: list[MultiAgentResult], t0: float) -> None:
+    def _drive(self, pipelines: dict, results: list[MultiAgentResult], t0: float, on_output=None) -> None:
         # keys are (engine, request id): each engine numbers its own requests
         waiting: dict[int, dict[tuple, RequestOutput | None]] = {}  # request -> key -> output
         stages: dict[tuple, tuple[int, Stage, float]] = {}
@@ -154,6 +169,9 @@ class MultiAgent:
             while waiting:
                 for engine in engines:
                     for out in engine.step(owner):
+                        if on_output is not None and (engine, out.request_id) in stages:
+                            i, stage, _ = stages[(engine, out.request_id)]
+                            on_output(i, stage, out)
                         if not out.finished:
                             continue  # a stage's result is its finished output
                         key = (engine, out.request_id)

@@ -12,6 +12,8 @@ from typing import Callable, Union
 
 import torch
 
+from baton.errors import InvalidRequestError
+
 BACKENDS = ("torch", "triton")
 ATTENTION_BACKENDS = ("auto",) + BACKENDS
 
@@ -98,10 +100,11 @@ def resolve_backend(attention_backend: str, device: Union[str, torch.device]) ->
     """Map the user's attention_backend ("auto", "torch", "triton") and device to a backend.
 
     "auto" is "triton" on CUDA when triton imports, else "torch". "triton" on a non-CUDA
-    device needs TRITON_INTERPRET=1 set before the kernels are imported.
+    device needs TRITON_INTERPRET=1 set before the kernels are imported. Anything else raises
+    InvalidRequestError naming attention_backend.
     """
     if attention_backend not in ATTENTION_BACKENDS:
-        raise ValueError(
+        raise InvalidRequestError(
             f"unknown attention_backend {attention_backend!r}; "
             f"valid: {', '.join(ATTENTION_BACKENDS)}"
         )
@@ -110,12 +113,12 @@ def resolve_backend(attention_backend: str, device: Union[str, torch.device]) ->
         return "triton" if on_cuda and triton_available() else "torch"
     if attention_backend == "triton":
         if not triton_available():
-            raise ValueError(
+            raise InvalidRequestError(
                 "attention_backend='triton' needs the triton package; install it or use "
                 "attention_backend='torch'"
             )
         if not on_cuda and not interpreting():
-            raise ValueError(
+            raise InvalidRequestError(
                 f"attention_backend='triton' on device {str(device)!r} runs only under the "
                 "Triton interpreter: set TRITON_INTERPRET=1 in the environment before "
                 "starting (or use attention_backend='torch')"

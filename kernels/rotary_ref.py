@@ -20,9 +20,10 @@ def mrope_cos_sin(
     else:
         half = inv_freq.shape[0]
         j = torch.arange(half, device=positions.device)
-        axis = torch.zeros(half, dtype=torch.long, device=positions.device)
-        axis[(j % 3 == 1) & (j < 3 * mrope_section[1])] = 1
-        axis[(j % 3 == 2) & (j < 3 * mrope_section[2])] = 2
+        # torch.where, not boolean-mask assignment, which can sync with the host (nonzero): a
+        # captured CUDA graph cannot
+        axis = torch.where((j % 3 == 1) & (j < 3 * mrope_section[1]), 1, 0)
+        axis = torch.where((j % 3 == 2) & (j < 3 * mrope_section[2]), 2, axis)
         # Only the chosen axis per frequency is needed: gather positions, then multiply.
         chosen = positions.index_select(0, axis)  # [D/2, N]
         freqs = (chosen.t().float() * inv_freq).contiguous()

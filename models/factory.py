@@ -52,12 +52,18 @@ def build_empty(cfg: ModelConfig, ops, dtype: torch.dtype, device: torch.device 
     for alias, owner in ties:  # to_empty replaces parameters one by one, which unties them
         mod, _, leaf = alias.rpartition(".")
         setattr(model.get_submodule(mod), leaf, model.get_parameter(owner))
+    with torch.no_grad():
+        for module in model.modules():  # buffers computed from the config (rotary frequencies)
+            if hasattr(module, "reset_buffers"):
+                module.reset_buffers()
     return model.eval()
 
 
-def load_model(checkpoint_dir: str | Path, cfg: ModelConfig, ops, dtype, device) -> nn.Module:
+def load_model(checkpoint_dir: str | Path, cfg: ModelConfig, ops, dtype, device,
+               check_weights: bool = True) -> nn.Module:
+    """check_weights: CheckpointError naming the tensor for a NaN or inf in the weights."""
     model = build_empty(cfg, ops, dtype, device)
-    load_weights(model, checkpoint_dir)
+    load_weights(model, checkpoint_dir, check_finite=check_weights)
     return model
 
 

@@ -2,7 +2,8 @@
 
 Accepted sources: a PIL image, a local path (str / Path / "file://..."), raw encoded bytes, a
 "data:image/...;base64,..." URL, or an HxWx3 / HxW uint8 numpy array. Nothing is fetched
-over the network. Decoding follows transformers' `load_image` + the image processor's RGB
+over the network. Images above `max_pixels` (width * height) are refused from the header,
+before their pixels are decoded. Decoding follows transformers' `load_image` + the image processor's RGB
 conversion (EXIF orientation applied, transparency composited onto white), so our pixels
 are exactly what the Hugging Face processor would see.
 """
@@ -20,24 +21,46 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from baton.errors import InvalidRequestError
 
+# 32 Mpx, about 100 MB as RGB. Qwen3-VL's processor shrinks images to at most 16 Mpx anyway,
+# so a larger cap only buys decoding memory.
+DEFAULT_MAX_IMAGE_PIXELS = 8192 * 4096
+
 
 def _describe(obj) -> str:
     text = repr(obj)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _decode(data: bytes, what: str) -> Image.Image:
+def check_pixels(width: int, height: int, max_pixels: int | None, what: str = "image") -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise InvalidRequestError(
+            f"{what} is {width}x{height} = {width * height} pixels, above max_image_pixels={max_pixels}; "
+            "send a smaller image or raise LLM(max_image_pixels=...)")
+
+
+_DECODE_ERRORS = (Image.DecompressionBombError, UnidentifiedImageError, OSError, ValueError, SyntaxError)
+
+
+def _unreadable(e: Exception, what: str) -> InvalidRequestError:
+    if isinstance(e, Image.DecompressionBombError):
+        return InvalidRequestError(f"{what}: image is too large to decode safely ({e})")
+    return InvalidRequestError(f"{what}: not a readable image ({type(e).__name__}: {e})")
+
+
+def _decode(data: bytes, what: str, max_pixels: int | None) -> Image.Image:
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data))  # reads the header only
+    except _DECODE_ERRORS as e:
+        raise _unreadable(e, what) from None
+    check_pixels(img.width, img.height, max_pixels, what)
+    try:
         img.load()  # Image.open is lazy; truncated files fail here
-    except Image.DecompressionBombError as e:
-        raise InvalidRequestError(f"{what}: image is too large to decode safely ({e})") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise InvalidRequestError(f"{what}: not a readable image ({type(e).__name__}: {e})") from None
+    except _DECODE_ERRORS as e:
+        raise _unreadable(e, what) from None
     return img
 
 
-def _from_data_url(url: str) -> Image.Image:
+def _from_data_url(url: str, max_pixels: int | None) -> Image.Image:
     header, sep, payload = url.partition(",")
     if not sep:
         raise InvalidRequestError("image data URL has no ',' separating the header from the data")
@@ -49,10 +72,10 @@ def _from_data_url(url: str) -> Image.Image:
         data = base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError) as e:
         raise InvalidRequestError(f"image data URL: invalid base64 ({e})") from None
-    return _decode(data, "image data URL")
+    return _decode(data, "image data URL", max_pixels)
 
 
-def _from_path(path: Path) -> Image.Image:
+def _from_path(path: Path, max_pixels: int | None) -> Image.Image:
     if not path.exists():
         raise InvalidRequestError(f"image file {path} does not exist")
     if not path.is_file():
@@ -61,7 +84,7 @@ def _from_path(path: Path) -> Image.Image:
         data = path.read_bytes()
     except OSError as e:
         raise InvalidRequestError(f"image file {path}: cannot read ({e})") from None
-    return _decode(data, f"image file {path}")
+    return _decode(data, f"image file {path}", max_pixels)
 
 
 def _from_array(arr: np.ndarray) -> Image.Image:
@@ -81,23 +104,24 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(obj) -> Image.Image:
+def load_image(obj, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode any accepted image source into an RGB PIL image (EXIF orientation applied).
 
-    Raises InvalidRequestError naming the problem for anything unreadable or unsupported.
+    Raises InvalidRequestError naming the problem for anything unreadable or unsupported, or
+    larger than `max_pixels` (None: no cap).
     """
     if isinstance(obj, Image.Image):
         img = obj
     elif isinstance(obj, (bytes, bytearray, memoryview)):
         if len(obj) == 0:
             raise InvalidRequestError("image bytes are empty")
-        img = _decode(bytes(obj), "image bytes")
+        img = _decode(bytes(obj), "image bytes", max_pixels)
     elif isinstance(obj, np.ndarray):
         img = _from_array(obj)
     elif isinstance(obj, (str, os.PathLike)):
         text = os.fspath(obj)
         if isinstance(obj, str) and text.strip().lower().startswith("data:"):
-            img = _from_data_url(text.strip())
+            img = _from_data_url(text.strip(), max_pixels)
         elif isinstance(obj, str) and text.lower().startswith(("http://", "https://")):
             raise InvalidRequestError(
                 f"image URL {_describe(text)}: remote images are not fetched; "
@@ -107,11 +131,12 @@ def load_image(obj) -> Image.Image:
                 text = text[len("file://"):]
             if not text:
                 raise InvalidRequestError("image path is empty")
-            img = _from_path(Path(text))
+            img = _from_path(Path(text), max_pixels)
     else:
         raise InvalidRequestError(
             f"unsupported image type {type(obj).__name__}: expected a PIL image, a local path, bytes "
             "or a data:image/...;base64 URL")
+    check_pixels(img.width, img.height, max_pixels)  # a PIL image or array: before the RGB copy
     try:
         img = ImageOps.exif_transpose(img)
         rgb = to_rgb(img)

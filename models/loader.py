@@ -49,6 +49,14 @@ def iterate_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor, Path
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
 
 
+def _all_finite(t: torch.Tensor, chunk: int = 1 << 24) -> bool:
+    """isfinite().all() in slices, so a vocabulary-sized tensor needs no full-size bool copy."""
+    if not t.is_floating_point():
+        return True
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + chunk]).all()) for i in range(0, flat.numel(), chunk))
+
+
 def _our_name(model, name: str) -> str | None:
     for theirs, ours in model.prefix_map:
         if name.startswith(theirs):
@@ -57,9 +65,11 @@ def _our_name(model, name: str) -> str | None:
 
 
 @torch.no_grad()
-def load_weights(model: torch.nn.Module, checkpoint_dir: str | Path) -> None:
+def load_weights(model: torch.nn.Module, checkpoint_dir: str | Path, check_finite: bool = True) -> None:
     """Copies every checkpoint tensor into `model` (converting dtype); raises CheckpointError
-    naming the file and tensor on a shape mismatch, and listing parameters left unfilled."""
+    naming the file and tensor on a shape mismatch, and listing parameters left unfilled.
+    check_finite: also on a NaN or inf in a loaded weight (one pass over each tensor, after
+    the dtype conversion, so a value that overflows the target dtype is caught too)."""
     params = dict(model.named_parameters())
     layout = model.shard_layout()
     filled: set[str] = set()
@@ -86,6 +96,9 @@ def load_weights(model: torch.nn.Module, checkpoint_dir: str | Path) -> None:
                 f"model expects {tuple(dest.shape)} for {target}"
             )
         dest.copy_(tensor)
+        if check_finite and not _all_finite(dest):
+            why = "overflows " + str(dest.dtype).removeprefix("torch.") if _all_finite(tensor) else "holds NaN or inf"
+            raise CheckpointError(f"{path.name}: tensor {name} {why}; pass check_weights=False to load it anyway")
         filled.add(target if rows is None else f"{target}#{rows[0]}")
     expected = set()
     for pname in params:

@@ -15,6 +15,7 @@ positions are ours and match `Qwen3VLProcessor` + `Qwen3VLModel.get_rope_index`:
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +24,8 @@ from typing import Sequence
 import torch
 
 from baton.errors import CheckpointError, InvalidRequestError
-from baton.models.image_io import content_hash, load_image
+from baton.models.config import VisionConfig, load_config
+from baton.models.image_io import DEFAULT_MAX_IMAGE_PIXELS, content_hash, load_image
 
 IMAGE_PAD = "<|image_pad|>"
 VIDEO_PAD = "<|video_pad|>"
@@ -155,18 +157,35 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: the tokenizer would raise TypeError
+        raise InvalidRequestError(f"{where} is not valid Unicode: {e.reason} at index {e.start}") from None
+
+
 class Processor:
     """Tokenizer + image processor of a Qwen3-VL checkpoint dir, and the glue between them.
 
     Raises CheckpointError (naming the file) when the tokenizer or preprocessor files are
-    missing or corrupt; request problems raise InvalidRequestError.
+    missing or corrupt, or disagree with config.json; request problems raise
+    InvalidRequestError. Images above `max_image_pixels` (width * height; None: no cap) are
+    refused before they are decoded. Preprocessed images are cached (LRU, at most
+    image_cache_size entries and image_cache_bytes). `release_memory`, when set, is called
+    after an image of LARGE_IMAGE_PIXELS or more, once its decode buffers are freed.
     """
 
-    def __init__(self, checkpoint_dir: str | Path, *, image_cache_size: int = 16):
+    LARGE_IMAGE_PIXELS = 1 << 21
+
+    def __init__(self, checkpoint_dir: str | Path, *, image_cache_size: int = 16,
+                 image_cache_bytes: int = 256 << 20, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
         root = Path(checkpoint_dir)
         if not root.is_dir():
             raise CheckpointError(f"checkpoint dir {root} does not exist")
         self.checkpoint_dir = root
+        self.max_image_pixels = max_image_pixels
+        # parsed first: transformers reads config.json too, and its errors would name tokenizer.json
+        self._config = load_config(root) if (root / "config.json").is_file() else None
         self.tokenizer = self._load_tokenizer(root)
         self.image_processor = self._load_image_processor(root)
         self.merge_size = int(self.image_processor.merge_size)
@@ -189,9 +208,12 @@ class Processor:
         self.eos_token_ids = self._load_eos_ids(root)
         self.pad_token_id = self.tokenizer.pad_token_id
         # the model's vocabulary may be padded past the tokenizer's
-        self.vocab_size = max(len(self.tokenizer), self._config_vocab_size(root))
+        self.vocab_size = max(len(self.tokenizer), self._config.text.vocab_size if self._config else 0)
         self._image_cache: OrderedDict[str, tuple[torch.Tensor, tuple[int, int, int]]] = OrderedDict()
         self._image_cache_size = image_cache_size
+        self._image_cache_bytes = image_cache_bytes
+        self._image_cache_lock = threading.Lock()
+        self.release_memory = None
 
     # ---- loading ----
 
@@ -234,28 +256,31 @@ class Processor:
         return proc
 
     def _check_config_ids(self, root: Path) -> None:
-        path = root / "config.json"
-        if not path.is_file():
+        if self._config is None:
             return
-        cfg = _read_json(path)
-        ours = {"image_token_id": self.image_token_id, "vision_start_token_id": self.vision_start_token_id,
-                "vision_end_token_id": self.vision_end_token_id}
-        for key, tid in ours.items():
-            if key in cfg and cfg[key] != tid:
-                raise CheckpointError(f"{path}: {key} is {cfg[key]} but the tokenizer's token has id {tid}")
-        merge = cfg.get("vision_config", {}).get("spatial_merge_size")
-        if merge is not None and merge != self.merge_size:
-            raise CheckpointError(
-                f"{root / 'preprocessor_config.json'}: merge_size {self.merge_size} differs from "
-                f"config.json spatial_merge_size {merge}")
-
-    @staticmethod
-    def _config_vocab_size(root: Path) -> int:
         path = root / "config.json"
-        if not path.is_file():
-            return 0
-        vocab = _read_json(path).get("text_config", {}).get("vocab_size", 0)
-        return vocab if isinstance(vocab, int) else 0
+        raw = _read_json(path)  # only ids config.json sets: the parsed config fills defaults
+        for key in ("image_token_id", "vision_start_token_id", "vision_end_token_id"):
+            tid = getattr(self, key)
+            if key in raw and getattr(self._config, key) != tid:
+                raise CheckpointError(f"{path}: {key} is {raw[key]} but the tokenizer's token has id {tid}")
+        self.check_vision_config(self._config.vision, str(path))
+
+    def check_vision_config(self, vision: VisionConfig, where: str = "config.json") -> None:
+        """CheckpointError naming both files unless the image processor cuts patches the way
+        the vision tower of `vision` expects (otherwise the first image fails in a matmul)."""
+        pre = self.checkpoint_dir / "preprocessor_config.json"
+        pairs = (("patch_size", self.patch_size, "patch_size", vision.patch_size),
+                 ("merge_size", self.merge_size, "spatial_merge_size", vision.spatial_merge_size),
+                 ("temporal_patch_size", self.temporal_patch_size, "temporal_patch_size",
+                  vision.temporal_patch_size))
+        for ours, value, theirs, expected in pairs:
+            if value != expected:
+                raise CheckpointError(
+                    f"{pre}: {ours} {value} differs from {where} vision_config.{theirs} {expected}")
+        if vision.in_channels != 3:
+            raise CheckpointError(f"{where}: vision_config.in_channels is {vision.in_channels}, but "
+                                  f"{pre.name} makes RGB patches (3 channels)")
 
     @staticmethod
     def _load_chat_template(root: Path) -> str | None:
@@ -280,8 +305,9 @@ class Processor:
     # ---- images ----
 
     def load_image(self, obj):
-        """Any accepted image source -> RGB PIL image (InvalidRequestError if unreadable)."""
-        return load_image(obj)
+        """Any accepted image source -> RGB PIL image (InvalidRequestError if unreadable or
+        above max_image_pixels)."""
+        return load_image(obj, self.max_image_pixels)
 
     def num_image_tokens(self, grid_thw: Sequence[int]) -> int:
         t, h, w = grid_thw
@@ -291,11 +317,14 @@ class Processor:
         """Decode, hash and preprocess one image (offset -1: not yet placed in a prompt)."""
         if isinstance(obj, ImageInput):
             return obj
-        img = load_image(obj)
+        img = load_image(obj, self.max_image_pixels)
+        large = img.width * img.height >= self.LARGE_IMAGE_PIXELS
         digest = content_hash(img)
-        cached = self._image_cache.get(digest)
+        with self._image_cache_lock:  # prompts are built on several threads (server, multi-agent)
+            cached = self._image_cache.get(digest)
+            if cached is not None:
+                self._image_cache.move_to_end(digest)
         if cached is not None:
-            self._image_cache.move_to_end(digest)
             pixel_values, grid = cached
         else:
             try:
@@ -304,12 +333,21 @@ class Processor:
                 raise InvalidRequestError(f"image {img.width}x{img.height} cannot be preprocessed: {e}") from None
             pixel_values = out["pixel_values"]
             grid = tuple(int(x) for x in out["image_grid_thw"][0].tolist())
-            if self._image_cache_size > 0:
-                self._image_cache[digest] = (pixel_values, grid)
-                while len(self._image_cache) > self._image_cache_size:
-                    self._image_cache.popitem(last=False)
+            self._cache_image(digest, pixel_values, grid)
+        del img
+        if large and self.release_memory is not None:
+            self.release_memory()
         return ImageInput(pixel_values=pixel_values, grid_thw=grid, num_tokens=self.num_image_tokens(grid),
                           offset=-1, content_hash=digest)
+
+    def _cache_image(self, digest: str, pixel_values: torch.Tensor, grid: tuple[int, int, int]) -> None:
+        if self._image_cache_size <= 0 or pixel_values.nbytes > self._image_cache_bytes:
+            return
+        with self._image_cache_lock:
+            self._image_cache[digest] = (pixel_values, grid)
+            while (len(self._image_cache) > self._image_cache_size
+                   or sum(p.nbytes for p, _ in self._image_cache.values()) > self._image_cache_bytes):
+                self._image_cache.popitem(last=False)
 
     # ---- chat ----
 
@@ -334,6 +372,7 @@ class Processor:
                 raise InvalidRequestError(f"messages[{i}] has no content")
             content = msg["content"]
             if isinstance(content, str):
+                _check_text(content, f"messages[{i}].content")
                 clean.append({"role": role, "content": content})
                 continue
             if not isinstance(content, (list, tuple)):
@@ -354,6 +393,7 @@ class Processor:
     @staticmethod
     def _clean_part(part, where: str, images: list) -> dict:
         if isinstance(part, str):
+            _check_text(part, where)
             return {"type": "text", "text": part}
         if not isinstance(part, dict):
             raise InvalidRequestError(f"{where} must be a dict, got {type(part).__name__}")
@@ -362,6 +402,7 @@ class Processor:
             text = part.get("text")
             if not isinstance(text, str):
                 raise InvalidRequestError(f"{where}: a text part needs a string 'text'")
+            _check_text(text, f"{where}.text")
             return {"type": "text", "text": text}
         if kind == "image":
             if part.get("image") is None:
@@ -383,6 +424,7 @@ class Processor:
         """Tokenize a formatted prompt, expand image placeholders and compute positions."""
         if not isinstance(prompt_text, str):
             raise InvalidRequestError(f"prompt must be a string, got {type(prompt_text).__name__}")
+        _check_text(prompt_text, "prompt")
         images = self._image_list(images)
         if VIDEO_PAD in prompt_text:
             raise InvalidRequestError("prompt contains <|video_pad|>: videos are not supported")

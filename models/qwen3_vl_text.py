@@ -90,8 +90,14 @@ class TextDecoder(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, ops, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, ops)
-        # a plain CPU tensor, not a buffer: the model may be built on the meta device
-        self.inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta)
+        # a buffer, so it lives on the model's device: no host->device copy per forward (which
+        # a captured CUDA graph cannot hold); non-persistent, so checkpoints never carry it
+        self.register_buffer("inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
+
+    def reset_buffers(self) -> None:
+        """Recomputes buffers derived from the config (models.factory calls it after to_empty,
+        which leaves them uninitialised)."""
+        self.inv_freq.copy_(rope_inv_freq(self.cfg.head_dim, self.cfg.rope_theta))
 
     def forward(
         self,
@@ -104,8 +110,7 @@ class TextDecoder(nn.Module):
     ) -> torch.Tensor:
         """embeds [N, hidden]; positions int64 [3, N]; visual_index int64 [M] rows of this step's
         visual tokens and deepstack[i] [M, hidden] their features for layer i. Returns [N, hidden]."""
-        inv_freq = self.inv_freq.to(positions.device)
-        cos, sin = self.ops.mrope_cos_sin(positions, inv_freq, self.cfg.mrope_section)
+        cos, sin = self.ops.mrope_cos_sin(positions, self.inv_freq, self.cfg.mrope_section)
         x, residual = embeds, None
         for i, layer in enumerate(self.layers):
             x, residual = layer(x, residual, cos, sin, kv_caches[i], meta)

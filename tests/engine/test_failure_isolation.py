@@ -149,7 +149,8 @@ def test_four_threads_share_one_engine(tiny_llm_factory, reference):
     for th in threads:
         th.join(timeout=600)
     assert not errors, errors
-    assert len(got) == 80 - len(aborted) and len(aborted) == 4
+    # an abort may find its request already finished by another thread's steps
+    assert len(got) == 80 - len(aborted) and len(aborted) <= 4
     for text, out in got:
         assert out.finish_reason == "length", (text, out.finish_reason, out.error)
         assert out.token_ids == want[text], text

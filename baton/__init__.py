@@ -16,6 +16,7 @@ _EXPORTS = {
     "RequestMetrics": "baton.engine.outputs",
     "MultiAgent": "baton.engine.multi_agent",
     "MultiAgentResult": "baton.engine.multi_agent",
+    "AsyncEngine": "baton.engine.async_engine",
 }
 
 __all__ = ["BatonError", "CheckpointError", "InvalidRequestError", *_EXPORTS]

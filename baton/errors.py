@@ -11,3 +11,7 @@ class CheckpointError(BatonError):
 
 class InvalidRequestError(BatonError, ValueError):
     """A request is malformed: prompt, messages, images, length or sampling values."""
+
+
+class QueueFullError(BatonError):
+    """The engine's bounded waiting queue is full: the request was refused, not queued."""

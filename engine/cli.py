@@ -54,6 +54,12 @@ def _cmd_analyze(args) -> int:
     return run_from_args(args)
 
 
+def _cmd_serve(args) -> int:
+    from baton.engine.serve_command import run_from_args
+
+    return run_from_args(args)
+
+
 def _budget(text: str):
     value = float(text)
     return int(value) if value >= 1 and value == int(value) else value
@@ -98,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="auto")
     run.add_argument("--attention-backend", default="auto")
     run.set_defaults(func=_cmd_run)
+
+    from baton.engine.serve_command import add_arguments as add_serve_arguments
+
+    serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (FastAPI + uvicorn; pip install baton[serve])")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=_cmd_serve)
 
     from baton.engine.analysis.command import add_arguments as add_analyze_arguments
 

@@ -168,6 +168,15 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, media: MediaP
         return {"object": "list", "data": [{"id": n, "object": "model", "created": created, "owned_by": "baton"}
                                            for n in names]}
 
+    async def final_output(request: Request, stream):
+        """A non-streamed request's last output; None when the client left (it is aborted)."""
+        try:
+            return await until_done(request, last_output(stream))
+        except _ClientGone:
+            return None
+        finally:
+            stream.abort()
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = proto.parse_chat(await read_json(request))
@@ -179,12 +188,9 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, media: MediaP
         rid, created = proto.new_id("chatcmpl"), proto.now()
         if req.stream:
             return _streaming(chat_events(stream, req, llm, rid, created))
-        try:
-            out = await until_done(request, last_output(stream))
-        except _ClientGone:
+        out = await final_output(request, stream)
+        if out is None:
             return Response(status_code=499)
-        finally:
-            stream.abort()
         logprobs = None
         if req.top_logprobs is not None:
             logprobs = proto.chat_logprobs(out.token_ids, out.logprobs, llm.processor.decode, req.top_logprobs)
@@ -202,12 +208,9 @@ def create_app(engine: AsyncEngine, *, api_key: str | None = None, media: MediaP
         rid, created = proto.new_id("cmpl"), proto.now()
         if req.stream:
             return _streaming(completion_events(stream, req, llm, rid, created))
-        try:
-            out = await until_done(request, last_output(stream))
-        except _ClientGone:
+        out = await final_output(request, stream)
+        if out is None:
             return Response(status_code=499)
-        finally:
-            stream.abort()
         logprobs = None
         if req.top_logprobs is not None:
             logprobs = proto.completion_logprobs(out.token_ids, out.logprobs, llm.processor.decode, req.top_logprobs)

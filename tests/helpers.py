@@ -34,3 +34,17 @@ class FakeProcessed:
 
 def make_seq(rid: str, tokens: list[int], block_size: int, images=(), **params) -> Sequence:
     return Sequence(rid, FakeProcessed(list(tokens), list(images)), SamplingParams(**params), block_size)
+
+
+PAD = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def chat_prompt(text: str, images: int = 0) -> str:
+    """A formatted single-turn prompt with `images` image placeholders before the text."""
+    return f"<|im_start|>user\n{PAD * images}{text}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def assert_pool_clean(llm) -> None:
+    """Idle engine: every KV block free, nothing running or waiting."""
+    s = llm.stats()
+    assert s["kv_blocks_free"] == s["kv_blocks_total"] and s["running"] == 0 and s["waiting"] == 0

@@ -7,10 +7,7 @@ import pytest
 import torch
 
 from baton import SamplingParams
-
-
-def chat_prompt(text):
-    return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+from tests.helpers import assert_pool_clean, chat_prompt
 
 
 GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
@@ -20,11 +17,6 @@ GREEDY = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
 def reference(tiny_llm_factory):
     fresh = tiny_llm_factory(max_model_len=256)
     return lambda text: fresh.generate(chat_prompt(text), GREEDY)[0].token_ids
-
-
-def assert_pool_clean(llm):
-    s = llm.stats()
-    assert s["kv_blocks_free"] == s["kv_blocks_total"] and s["running"] == 0 and s["waiting"] == 0
 
 
 def test_a_failing_step_fails_its_requests_and_the_engine_keeps_serving(tiny_llm_factory, reference):

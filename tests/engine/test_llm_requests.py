@@ -3,23 +3,15 @@ import pytest
 
 from baton import CheckpointError, InvalidRequestError, SamplingParams
 from baton.engine.demo import make_demo_image
+from tests.helpers import PAD, assert_pool_clean, chat_prompt
 
-PAD = "<|vision_start|><|image_pad|><|vision_end|>"
+
 GREEDY = SamplingParams(temperature=0, max_tokens=12, ignore_eos=True)
-
-
-def chat_prompt(text, images=0):
-    return f"<|im_start|>user\n{PAD * images}{text}<|im_end|>\n<|im_start|>assistant\n"
 
 
 @pytest.fixture(scope="module")
 def llm(tiny_llm_factory):
     return tiny_llm_factory(max_model_len=256)
-
-
-def assert_pool_clean(llm):
-    s = llm.stats()
-    assert s["kv_blocks_free"] == s["kv_blocks_total"] and s["running"] == 0 and s["waiting"] == 0
 
 
 def test_max_tokens_and_stop_token_ids(llm):

@@ -3,12 +3,7 @@ that always reach the caller that submitted the request."""
 import pytest
 
 from baton import InvalidRequestError, SamplingParams
-
-PAD = "<|vision_start|><|image_pad|><|vision_end|>"
-
-
-def chat_prompt(text):
-    return f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
+from tests.helpers import PAD, assert_pool_clean, chat_prompt
 
 
 def greedy(n=10, **kw):
@@ -18,11 +13,6 @@ def greedy(n=10, **kw):
 @pytest.fixture(scope="module")
 def llm(tiny_llm_factory):
     return tiny_llm_factory(max_model_len=256)
-
-
-def assert_pool_clean(llm):
-    s = llm.stats()
-    assert s["kv_blocks_free"] == s["kv_blocks_total"] and s["running"] == 0 and s["waiting"] == 0
 
 
 def test_stream_deltas_join_to_the_final_text_of_generate(llm):

@@ -228,7 +228,6 @@ class LLM:
             f"a prompt must be a str or a dict with 'prompt' and 'images', got {type(prompt).__name__}"
         )
 
-    @_locked
     def add_request(self, prompt, sampling_params: SamplingParams | None = None,
                     request_id: str | None = None, *, owner: Hashable = DEFAULT_OWNER) -> str:
         """Validates and queues one request; raises InvalidRequestError (engine state untouched).
@@ -241,10 +240,7 @@ class LLM:
         if params.logprobs is not None and params.logprobs > vocab:
             raise InvalidRequestError(
                 f"SamplingParams.logprobs={params.logprobs} exceeds the vocabulary size {vocab}")
-        if request_id is None:
-            request_id = self._auto_id()
-        if request_id in self._seqs:
-            raise InvalidRequestError(f"request id {request_id!r} is already in flight")
+        # tokenising and image preprocessing run outside the engine lock, beside the steps
         processed = self._process(prompt)
         n = len(processed.token_ids)
         if n >= self.max_model_len:
@@ -257,6 +253,14 @@ class LLM:
                 f"prompt needs {blocks} KV blocks but the pool has {self.block_manager.num_blocks}; "
                 "raise kv_cache_bytes"
             )
+        return self._enqueue(processed, params, request_id, owner)
+
+    @_locked
+    def _enqueue(self, processed, params: SamplingParams, request_id: str | None, owner: Hashable) -> str:
+        if request_id is None:
+            request_id = self._auto_id()
+        if request_id in self._seqs:
+            raise InvalidRequestError(f"request id {request_id!r} is already in flight")
         seq = Sequence(request_id, processed, params, self.block_size)
         self._seqs[request_id] = seq
         self._detoks[request_id] = IncrementalDetokenizer(self.processor.decode, params.stop)

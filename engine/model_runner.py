@@ -149,7 +149,6 @@ class ModelRunner:
         positions = torch.cat(pos, dim=1).to(dev)
         return input_ids, positions, meta, visual, logits_rows, sample_seqs
 
-    @torch.inference_mode()
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[StepResult]:
         """Samples every row with finite logits; a row with a NaN or inf fails its sequence
         alone instead of decoding garbage (argmax of NaN is token 0)."""
@@ -165,6 +164,7 @@ class ModelRunner:
                 results[i] = StepResult(seqs[i], *r)
         return [results[i] for i in range(len(seqs))]
 
+    @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> list[StepResult]:
         """Runs the step and samples; the scheduler's update_from_output then advances the
         sequences. Returns one result per sampled sequence."""

@@ -188,15 +188,10 @@ def hf_model(config: dict, tokenizer, dtype, device: str):
 
 
 def hf_inputs(processed, image_token_id: int, device: str) -> dict:
-    import torch
+    """The parity tests' transformers inputs for a processed prompt, on `device`."""
+    from tests.parity_utils import hf_inputs as oracle_inputs
 
-    ids = torch.tensor([processed.token_ids])
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if processed.images:
-        inputs["pixel_values"] = torch.cat([im.pixel_values for im in processed.images])
-        inputs["image_grid_thw"] = torch.tensor([list(im.grid_thw) for im in processed.images])
-        inputs["mm_token_type_ids"] = (ids == image_token_id).long()
-    return {k: v.to(device) for k, v in inputs.items()}
+    return {k: v.to(device) for k, v in oracle_inputs(processed, image_token_id).items()}
 
 
 def env_flag(name: str) -> bool:

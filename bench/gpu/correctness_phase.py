@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 
-from common import ROOT, PAD, Phase, device_or_skip
+from common import ROOT, PAD, Phase, device_or_skip, hf_inputs
 
 PYTEST_TIMEOUT = 150
 
@@ -40,7 +40,7 @@ def parity_fp32(phase: Phase, device: str, dry: bool) -> None:
     from baton import LLM, SamplingParams
     from baton.engine.demo import make_demo_image
     from baton.models.synthetic import build_synthetic_checkpoint
-    from tests.parity_utils import LogitsRecorder, hf_greedy, hf_inputs, hf_model
+    from tests.parity_utils import LogitsRecorder, hf_greedy, hf_model
 
     new = 4 if dry else 32
     ckpt = build_synthetic_checkpoint(phase.work / "parity-fp32", "tiny-gqa4", seed=1)
@@ -56,7 +56,7 @@ def parity_fp32(phase: Phase, device: str, dry: bool) -> None:
         out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=new, ignore_eos=True))[0]
         proc = llm.processor.process(prompt, []) if isinstance(prompt, str) else \
             llm.processor.process(prompt["prompt"], prompt["images"])
-        inputs = {k: v.to(device) for k, v in hf_inputs(proc, llm.model_cfg.image_token_id).items()}
+        inputs = hf_inputs(proc, llm.model_cfg.image_token_id, device)
         want, logits = hf_greedy(ref, inputs, new)
         rel = ((rec.calls[0][0].to(device) - logits).norm() / logits.norm()).item()
         same = out.token_ids == want
@@ -76,7 +76,7 @@ def parity_bf16(phase: Phase, device: str, dry: bool) -> None:
 
     from baton import LLM, SamplingParams
     from baton.models.synthetic import build_synthetic_checkpoint
-    from tests.parity_utils import LogitsRecorder, hf_greedy, hf_inputs, hf_model
+    from tests.parity_utils import LogitsRecorder, hf_greedy, hf_model
 
     new = 4 if dry else 32
     ckpt = build_synthetic_checkpoint(phase.work / "parity-bf16", "tiny-gqa4", seed=2, dtype="bfloat16")
@@ -85,7 +85,7 @@ def parity_bf16(phase: Phase, device: str, dry: bool) -> None:
     ref32, ref16 = hf_model(ckpt, torch.float32).to(device), hf_model(ckpt, torch.bfloat16).to(device)
     prompt = "<|im_start|>user\nTell me a story about a red fox.<|im_end|>\n<|im_start|>assistant\n"
     out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=new, ignore_eos=True))[0]
-    inputs = {k: v.to(device) for k, v in hf_inputs(llm.processor.process(prompt, []), 0).items()}
+    inputs = hf_inputs(llm.processor.process(prompt, []), 0, device)
     want, fp32 = hf_greedy(ref32, inputs, new)
     hf_tokens, hf16 = hf_greedy(ref16, inputs, new)
 

@@ -24,7 +24,6 @@ def shapes(dry: bool):
 
 def sdpa(q, k, v):
     """torch SDPA, flash first; returns (fn, backend name). q [B, H, Lq, D], k/v [B, Hkv, L, D]."""
-    import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

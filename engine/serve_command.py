@@ -41,6 +41,23 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--attention-backend", default="auto")
     p.add_argument("--log-level", default="info")
+    ray = p.add_argument_group("scale-out on Ray Serve (pip install -e '.[ray]')")
+    ray.add_argument("--ray", action="store_true", help="serve with model replicas as Ray Serve deployments")
+    ray.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local one)")
+    ray.add_argument("--small-replicas", type=int, default=1, help="replicas of --small (or of --model)")
+    ray.add_argument("--large-replicas", type=int, default=1, help="replicas of --large")
+    ray.add_argument("--replica-num-gpus", default=None,
+                     help="GPUs per replica: X, or SMALL,LARGE (default 0; 1 gives each replica its own GPU)")
+    ray.add_argument("--replica-num-cpus", default=None, help="CPUs per replica: X, or SMALL,LARGE (default 1)")
+    ray.add_argument("--small-resources", default=None,
+                     help='custom Ray resources of each small replica, JSON (e.g. \'{"small_node": 1}\')')
+    ray.add_argument("--large-resources", default=None, help="custom Ray resources of each large replica, JSON")
+    ray.add_argument("--routing", default="affinity", choices=("affinity", "round-robin"),
+                     help="replica choice: prefix affinity (default) or round robin")
+    ray.add_argument("--replica-max-load", type=int, default=32,
+                     help="calls in flight past which a replica counts as saturated (least-loaded fallback)")
+    ray.add_argument("--replica-timeout", type=float, default=120.0,
+                     help="seconds without output before a replica counts as failed (the request moves on)")
 
 
 def model_name(path: str, taken) -> str:
@@ -84,6 +101,17 @@ def run_from_args(args) -> int:
     media = MediaPolicy(allowed_local_media_path=args.allowed_local_media_path, allow_remote=args.allow_remote_media,
                         fetch_timeout=args.media_fetch_timeout, max_fetch_bytes=args.media_max_bytes,
                         max_images=args.max_images)
+    if getattr(args, "ray", False):
+        try:
+            from baton.engine.ray_serve import run_from_args as run_ray
+        except ImportError as e:
+            from baton.errors import BatonError
+
+            raise BatonError(f"baton serve --ray needs Ray Serve ({e.name} is missing): "
+                             "pip install 'ray[serve]', or pip install -e '.[ray]'") from None
+        return run_ray(args, dict(allowed_local_media_path=args.allowed_local_media_path,
+                                  allow_remote=args.allow_remote_media, fetch_timeout=args.media_fetch_timeout,
+                                  max_fetch_bytes=args.media_max_bytes, max_images=args.max_images))
     try:
         from baton.engine.openai_server import run_server
     except ImportError as e:

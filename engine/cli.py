@@ -54,6 +54,12 @@ def _cmd_analyze(args) -> int:
     return run_from_args(args)
 
 
+def _cmd_eval(args) -> int:
+    from baton.engine.eval_command import run_from_args
+
+    return run_from_args(args)
+
+
 def _cmd_serve(args) -> int:
     from baton.engine.serve_command import run_from_args
 
@@ -117,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(--quick: a few minutes on a CPU)")
     add_analyze_arguments(analyze)
     analyze.set_defaults(func=_cmd_analyze)
+
+    from baton.engine.eval_command import add_arguments as add_eval_arguments
+
+    evaluate = sub.add_parser("eval", help="accuracy and latency of every mode and selector on held-out "
+                                           "SynthVQA items with the trained pair (--quick: under 2 minutes)")
+    add_eval_arguments(evaluate)
+    evaluate.set_defaults(func=_cmd_eval)
     return parser
 
 

@@ -1,7 +1,7 @@
-"""`baton demo`: the main job on an embedded default. Builds a small synthetic Qwen3-VL pair
-(random weights, local tokenizer) if absent, generates an image, and runs the engine on it.
-
-The weights are random, so the answers are meaningless; the mechanics and timings are real.
+"""`baton demo`: the main job on an embedded default. The committed SynthVQA pair (two tiny
+Qwen3-VL checkpoints trained on the synthetic visual task of models/synthvqa_task.py) answers
+held-out questions in every multi-agent mode, beside the correct answers. Without that pair
+(e.g. deleted) it falls back to a random-weight synthetic pair, whose answers are meaningless.
 """
 from __future__ import annotations
 
@@ -65,6 +65,67 @@ DEMO_MODES = ("small", "large", "small-reason", "large-reason", "transfer", "aut
 
 
 def run_demo(cache_dir: str | None = None, max_tokens: int = 24) -> None:
+    from baton.errors import CheckpointError
+    from baton.models.synthvqa_task import trained_pair
+
+    try:
+        pair = trained_pair()
+    except CheckpointError as e:
+        print(f"({e}; using a random-weight pair instead)")
+        return run_random_demo(cache_dir, max_tokens)
+    run_trained_demo(*pair)
+
+
+def run_trained_demo(small, large, per_tier: int = 1, seed: int = 7) -> None:
+    from baton import MultiAgent
+    from baton.engine.answers import normalize_answer
+    from baton.models.param_counts import parameter_counts
+    from baton.models.config import load_config
+    from baton.models.synthvqa_task import TIERS, generate
+
+    sizes = [parameter_counts(load_config(p)).total / 1e6 for p in (small, large)]
+    print(f"Baton demo: a Qwen3-VL pair trained on SynthVQA (coloured squares on a 4x4 grid), "
+          f"small {sizes[0]:.1f}M and large {sizes[1]:.1f}M parameters, one tokenizer.")
+    t0 = time.perf_counter()
+    team = MultiAgent(str(small), str(large), kv_cache_bytes=64 << 20, reason_max_tokens=64,
+                      brief_max_tokens=6, selector="entropy", budget=0.5)
+    print(f"engines     : {small}\n              {large}  (loaded in {time.perf_counter() - t0:.2f} s)")
+    items = generate("heldout", per_tier * len(TIERS), seed=seed)
+    from baton import SamplingParams
+
+    llm = team.engines["large"]
+    params = SamplingParams(temperature=0, max_tokens=6)
+    print_output("large model, LLM.chat, cold", llm.chat(items[0].messages(), params)[0])
+    print_output("large model, same request again", llm.chat(items[0].messages(), params)[0])
+
+    print("\nHeld-out questions (never seen in training); each cell: answer, ok / X, milliseconds.")
+    print("transfer and auto send the small model's reasoning (entropy selector, 50% of its tokens).")
+    width = 15
+    print(f"\n{'tier':<9}{'correct':<9}" + "".join(f"{m:<{width}}" for m in DEMO_MODES))
+    last = {}
+    for item in items:
+        cells = []
+        for mode in DEMO_MODES:
+            res = team.run(item.messages(), mode=mode)
+            ok = "ok" if normalize_answer(res.answer) == normalize_answer(item.answer) else "X"
+            cells.append(f"{res.answer[:6]} {ok} {res.seconds * 1e3:.0f}"[:width - 1].ljust(width))
+            last[mode] = res
+        print(f"{item.tier:<9}{item.answer:<9}" + "".join(cells))
+        print(f"{'':<9}Q: {item.question}")
+    print(f"\nPer-stage view of the last question ({items[-1].question!r}, correct {items[-1].answer!r}):")
+    for mode in DEMO_MODES:
+        res = last[mode]
+        print(f"\n=== mode {mode}: path {res.mode}, {res.seconds * 1e3:.0f} ms, answer {res.answer!r}")
+        if res.transferred_token_ids:
+            print(f"  transferred {len(res.transferred_token_ids)} reasoning tokens: {res.transferred_text!r}")
+        print_stages(res)
+    print()
+    for name, eng in team.engines.items():
+        print_cache_figures(name, eng)
+    print("\nThe full table over every selector and budget: `baton eval` (or `baton eval --quick`).")
+
+
+def run_random_demo(cache_dir: str | None = None, max_tokens: int = 24) -> None:
     from baton import MultiAgent, SamplingParams
     from baton.models.synthetic import ensure_checkpoint
 

@@ -30,6 +30,8 @@ def test_wheel_has_one_top_level_package(wheel):
     for sub in ("engine", "models", "kernels"):
         assert f"baton/{sub}/__init__.py" in names
     assert "baton/models/configs/qwen3-vl-2b.config.json" in names
+    for size in ("small", "large"):  # the trained SynthVQA pair `baton demo` / `baton eval` use
+        assert f"baton/models/trained/synthvqa-{size}/model.safetensors" in names
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "baton = baton.engine.cli:main" in zipfile.ZipFile(wheel).read(entry).decode()
 

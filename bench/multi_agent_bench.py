@@ -144,6 +144,9 @@ def main():
         print(f"\nBaton stages, mode {mode}:")
         print_stages(results[mode][0])
     print("\nEqual output tokens in every arm (exact lengths). 'cold s' excludes the per-stage load time shown apart.")
+    hooked = [mode for mode, (res, _) in results.items() if res.agreement_hook]
+    print("Verification: " + (f"decided by the agreement hook in {', '.join(hooked)}" if hooked
+                              else "the models' own answers (no agreement hook)"))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,9 @@ class PromptBuilder:
     def after_reasoning(self, prefix_ids: list[int], reasoning_ids: list[int]) -> list[int]:
         return prefix_ids + list(reasoning_ids) + self.encode_text(self.prompts.think_close)
 
+    def transfer_head(self, brief_ids: list[int]) -> list[int]:
+        """What a transfer prompt starts with, known before any reasoning exists (prefill-ahead)."""
+        return brief_ids + self.encode_text(self.prompts.think_open + self.prompts.transfer_preamble)
+
     def transfer(self, brief_ids: list[int], selected_ids: list[int]) -> list[int]:
-        opening = self.encode_text(self.prompts.think_open + self.prompts.transfer_preamble)
-        return brief_ids + opening + list(selected_ids) + self.encode_text(self.prompts.think_close)
+        return self.transfer_head(brief_ids) + list(selected_ids) + self.encode_text(self.prompts.think_close)

@@ -50,3 +50,16 @@ def normalize_answer(text: str) -> str:
 def answers_agree(a: str, b: str) -> bool:
     na, nb = normalize_answer(a), normalize_answer(b)
     return bool(na) and na == nb
+
+
+def answer_settled(text: str, finished: bool) -> bool:
+    """True once more tokens can no longer change normalize_answer(text): the request stopped,
+    or its first non-blank line is complete (the rules above read the first line only)."""
+    return finished or "\n" in text.lstrip()
+
+
+def briefs_cannot_agree(small: str, small_done: bool, large: str, large_done: bool) -> bool:
+    """Early verification: both brief answers are settled and they disagree, so the small
+    model may start reasoning without waiting for the rest of either brief."""
+    return (answer_settled(small, small_done) and answer_settled(large, large_done)
+            and not answers_agree(small, large))

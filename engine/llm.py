@@ -383,7 +383,7 @@ class LLM:
             logprobs=None if seq.logprobs is None else list(seq.logprobs),
             metrics=seq.metrics,
             num_vision_encoder_calls=seq.vision_encoder_calls,
-            token_stats=_stats_columns(seq.token_stats) if finished else None,
+            token_stats=_stats_columns(seq.token_stats),  # so far: a streaming selector reads them
             delta=delta,
         )
 

@@ -39,8 +39,8 @@ class RequestOutput:
     logprobs: list[dict[int, float]] | None = None
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     num_vision_encoder_calls: int = 0
-    # with SamplingParams(token_stats=True), on the finished output: one value per generated
-    # token under each of "entropy", "max_prob", "margin", "logprob"
+    # with SamplingParams(token_stats=True), on every output (the tokens so far): one value per
+    # generated token under each of "entropy", "max_prob", "margin", "logprob"
     token_stats: dict[str, list[float]] | None = None
 
     # text new since this request's previous output (step / stream); never half a character

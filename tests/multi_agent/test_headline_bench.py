@@ -1,0 +1,26 @@
+"""bench/headline.py --quick end to end on the tiny presets (a smoke test of the bench itself:
+table, speedup summary, router check, TTFT table, PNG and JSON)."""
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_headline_quick_runs_and_reports(tmp_path, capsys):
+    sys.path.insert(0, ROOT)
+    from bench import headline
+
+    png, out = tmp_path / "h.png", tmp_path / "h.json"
+    rc = headline.main(["--quick", "--small", "tiny", "--large", "tiny-hd32", "--lengths", "8", "--batches", "1,2",
+                        "--agreement", "1.0,0.5,0.0", "--brief-tokens", "3", "--png", str(png), "--json", str(out)])
+    assert rc == 0 and png.stat().st_size > 0
+    text = capsys.readouterr().out
+    assert "Largest auto speedup over large-reason" in text and "Router: at most" in text
+    assert "agreement hook" in text  # results say their verification came from the hook
+    data = json.loads(out.read_text())
+    assert len(data["rows"]) == 2 * 1 * 3  # batches x lengths^2 x rates
+    assert [r[0] for r in data["ttft"]][:2] == ["transfer, no prefill-ahead", "transfer, prefill-ahead"]
+    by_rate = {(r[0], r[3]): float(r[7]) for r in data["rows"]}
+    # batch 1: auto at 50% agreement is the mean of the all-agree and none-agree figures
+    assert abs(by_rate[(1, "0.50")] - (by_rate[(1, "1.00")] + by_rate[(1, "0.00")]) / 2) < 0.011

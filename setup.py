@@ -14,6 +14,8 @@ from torch.utils import cpp_extension
 def native_extension():
     cpp_sources = sorted(glob.glob("csrc/*.cpp"))
     cu_sources = sorted(glob.glob("csrc/*.cu"))
+    # headers and the per-instruction-set kernel bodies (*.inc): a change rebuilds the sources
+    depends = sorted(glob.glob("csrc/*.h") + glob.glob("csrc/*.inc"))
     # C++20: the minimum that torch 2.13 headers are written for (older torch builds with it too).
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp"]
     with_cuda = bool(cu_sources) and cpp_extension.CUDA_HOME is not None and _torch_has_cuda()
@@ -24,12 +26,14 @@ def native_extension():
             "baton.kernels._native",
             cpp_sources + cu_sources,
             define_macros=[("BATON_WITH_CUDA", "1")],
+            depends=depends,
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--use_fast_math"]},
             extra_link_args=["-fopenmp"],
         )
     return cpp_extension.CppExtension(
         "baton.kernels._native",
         cpp_sources,
+        depends=depends,
         extra_compile_args={"cxx": cxx_flags},
         extra_link_args=["-fopenmp"],
     )

@@ -6,11 +6,12 @@ reports the best of --repeats runs of each:
   extend      time to first token of --extend new tokens after a cached prefix of --context
               (the shape of a multi-agent final stage: a warm prompt plus transferred tokens)
 
-"native" is the engine's CPU default: skinny GEMM (kernels.linear), paged decode attention
-(kernels.paged_decode_cpu) and RMSNorm (kernels.rms_norm_cpu). "torch" switches all three to
-F.linear and the plain-torch references.
+"native" is the engine's CPU default: skinny GEMM (kernels.linear, where kernels.cpu_routing
+measured it faster than F.linear), paged decode attention (kernels.paged_decode_cpu) and RMSNorm
+(kernels.rms_norm_cpu), on the instruction-set path printed in the header (BATON_CPU_ISA forces
+a lower one). "torch" switches all three to F.linear and the plain-torch references.
 
-    python bench/cpu_native_ab.py [--preset pair-0.3b] [--context 300] [--extend 70]
+    python bench/cpu_native_ab.py [--preset pair-0.3b] [--dtype bfloat16] [--context 300] [--extend 70]
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import baton.kernels.linear as linear_mod  # noqa: E402
 import baton.kernels.paged_decode_cpu as decode_mod  # noqa: E402
 import baton.kernels.rms_norm_cpu as norm_mod  # noqa: E402
 from bench.common import print_table  # noqa: E402
+from bench.e2e_vs_transformers import native_paths_line  # noqa: E402
 from baton import LLM, SamplingParams  # noqa: E402
 from baton.models.synthetic import ensure_checkpoint  # noqa: E402
 
@@ -44,12 +46,13 @@ def main():
     ap.add_argument("--extend", type=int, default=70)
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--dtype", default="auto", help="float32, bfloat16 or auto (the checkpoint's)")
     args = ap.parse_args()
     defaults = [getattr(m, f) for m, f in MODULES]
     if not any(defaults):
         sys.exit("no native CPU kernel is available here (baton.kernels._native not built, or no AVX2/FMA)")
 
-    llm = LLM(str(ensure_checkpoint(args.preset)), device="cpu", kv_cache_bytes=2 << 30)
+    llm = LLM(str(ensure_checkpoint(args.preset)), device="cpu", dtype=args.dtype, kv_cache_bytes=2 << 30)
     vocab = llm.model_cfg.text.vocab_size
     prefix = [5 + i % (vocab - 10) for i in range(args.context)]
     decode_params = SamplingParams(temperature=0, max_tokens=args.decode_tokens, ignore_eos=True)
@@ -69,7 +72,8 @@ def main():
             best[name] = (min(d, per_token), min(e, out.metrics.ttft))
     set_native(True, defaults)
     (nd, ne), (td, te) = best["native"], best["torch"]
-    print(f"{args.preset}, {torch.get_num_threads()} threads, best of {args.repeats}")
+    print(f"{args.preset} {llm.dtype}, {torch.get_num_threads()} threads, best of {args.repeats}")
+    print(native_paths_line())
     print_table(["", "native", "torch", "torch/native"], [
         [f"decode ms/token at {args.context} context", f"{nd * 1e3:.1f}", f"{td * 1e3:.1f}", f"{td / nd:.2f}x"],
         [f"TTFT of {args.extend} new tokens after {args.context} cached, ms", f"{ne * 1e3:.0f}", f"{te * 1e3:.0f}",

@@ -15,12 +15,20 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import measure_read_bandwidth, median_time, print_table, weight_bytes  # noqa: E402
+from bench.common import cpu_flags, measure_read_bandwidth, median_time, print_table, weight_bytes  # noqa: E402
 from baton import LLM, SamplingParams  # noqa: E402
 from baton.engine.demo import make_demo_image  # noqa: E402
 from baton.models.synthetic import ensure_checkpoint  # noqa: E402
 
 PAD = "<|vision_start|><|image_pad|><|vision_end|>"
+
+
+def native_paths_line() -> str:
+    """CPU flags, the native kernels' instruction-set path and the linear routing mode."""
+    from baton.kernels import cpu_isa, cpu_routing
+
+    return (f"CPU flags: {cpu_flags()}; native path: {cpu_isa.active()} (BATON_CPU_ISA to force lower); "
+            f"linear routing: {cpu_routing.mode()} (BATON_CPU_KERNELS), cache {cpu_routing.cache_path()}")
 
 
 def bench_baton(path, dtype, prompt, new_tokens, repeats):
@@ -70,6 +78,7 @@ def main():
               "images": [image]}
     bandwidth = measure_read_bandwidth()
     print(f"measured DRAM read bandwidth: {bandwidth / 1e9:.1f} GB/s; threads: {torch.get_num_threads()}")
+    print(native_paths_line())
     rows = []
     headers = ["dtype", "prompt", "TTFT baton ms", "TTFT HF ms", "HF/baton",
                "tok baton ms", "tok HF ms", "HF/baton", "floor ms", "floor/baton"]

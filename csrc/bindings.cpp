@@ -7,6 +7,8 @@
 // direct callers memory-safe.
 #include <torch/extension.h>
 
+#include "cpu_elementwise.h"
+#include "cpu_isa.h"
 #include "paged_decode_cpu.h"
 #include "rms_norm_cpu.h"
 #include "scoring.h"
@@ -117,20 +119,21 @@ at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w,
   TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
                     "skinny_linear: need x [M, K] and w [N, K], got ", x.sizes(), " and ",
                     w.sizes());
-  TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat &&
-                        (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16),
-                    "skinny_linear: x must be float32 and w float32 or bfloat16, got ",
-                    x.scalar_type(), " and ", w.scalar_type());
+  const bool f32 = x.scalar_type() == at::kFloat &&
+                   (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16);
+  const bool bf16 = x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16;
+  TORCH_CHECK_VALUE(f32 || bf16,
+                    "skinny_linear: need x float32 with w float32 or bfloat16, or both bfloat16; "
+                    "got ", x.scalar_type(), " and ", w.scalar_type());
   TORCH_CHECK_VALUE(x.is_cpu() && w.is_cpu(), "skinny_linear: CPU tensors only");
   TORCH_CHECK_VALUE(w.is_contiguous(), "skinny_linear: w must be contiguous");
   std::optional<at::Tensor> b;
   if (bias.has_value()) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == w.size(0) &&
-                          bias->scalar_type() == at::kFloat && bias->is_cpu(),
-                      "skinny_linear: bias must be float32 [", w.size(0), "] on the CPU");
-    b = bias->contiguous();
+                          bias->scalar_type() == x.scalar_type() && bias->is_cpu(),
+                      "skinny_linear: bias must be [", w.size(0), "] of x's dtype on the CPU");
+    b = bias->to(at::kFloat).contiguous();  // added in float32 before the one rounding
   }
-  TORCH_CHECK(baton::skinny_linear_supported(), "skinny_linear: needs a CPU with AVX2 and FMA");
   return baton::skinny_linear_cpu(x.contiguous(), w, b);
 }
 
@@ -175,7 +178,6 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
                         id, " is not a block of the cache (", num_blocks, " blocks)");
     }
   }
-  TORCH_CHECK(baton::paged_decode_cpu_supported(), op, ": needs a CPU with AVX2 and FMA");
   return baton::paged_decode_cpu(q.contiguous(), k_cache, v_cache, tables, lens, scale);
 }
 
@@ -199,6 +201,73 @@ std::tuple<at::Tensor, at::Tensor> rms_norm(const at::Tensor& x, const at::Tenso
   return baton::rms_norm_cpu(x.contiguous(), weight.contiguous(), eps, r);
 }
 
+bool float_or_bf16(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16;
+}
+
+void apply_rotary_(at::Tensor q, at::Tensor k, const at::Tensor& cos, const at::Tensor& sin) {
+  constexpr const char* op = "apply_rotary_";
+  TORCH_CHECK_VALUE(cos.dim() == 2 && sin.sizes() == cos.sizes() && cos.scalar_type() == at::kFloat &&
+                        sin.scalar_type() == at::kFloat,
+                    op, ": cos and sin must be float32 [N, D/2], got ", cos.sizes(), " and ", sin.sizes());
+  for (at::Tensor* x : {&q, &k}) {
+    TORCH_CHECK_VALUE(x->dim() == 3 && x->size(0) == cos.size(0) && x->size(2) == 2 * cos.size(1) &&
+                          x->stride(2) == 1 && float_or_bf16(*x) && x->is_cpu(),
+                      op, ": q and k must be float32 or bfloat16 CPU [N, H, ", 2 * cos.size(1),
+                      "] with a contiguous last dimension, got ", x->sizes(), " strides ", x->strides());
+  }
+  TORCH_CHECK_VALUE(cos.is_cpu() && sin.is_cpu(), op, ": CPU tensors only");
+  const at::Tensor c = cos.contiguous(), s = sin.contiguous();
+  baton::rotary_cpu_(q, c, s);
+  baton::rotary_cpu_(k, c, s);
+}
+
+void store_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor k_cache, at::Tensor v_cache,
+              const at::Tensor& slot_mapping) {
+  constexpr const char* op = "store_kv";
+  TORCH_CHECK_VALUE(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes() && k_cache.is_contiguous() &&
+                        v_cache.is_contiguous() && k_cache.is_cpu() && v_cache.is_cpu() &&
+                        v_cache.scalar_type() == k_cache.scalar_type(),
+                    op, ": caches must be contiguous CPU [blocks, block_size, Hkv, D] of one dtype");
+  const int64_t N = k.size(0);
+  for (const at::Tensor* x : {&k, &v}) {
+    TORCH_CHECK_VALUE(x->dim() == 3 && x->size(0) == N && x->size(1) == k_cache.size(2) &&
+                          x->size(2) == k_cache.size(3) && x->scalar_type() == k_cache.scalar_type() &&
+                          x->is_cpu(),
+                      op, ": k and v must be [N, ", k_cache.size(2), ", ", k_cache.size(3), "] ",
+                      k_cache.scalar_type(), " on the CPU, got ", x->sizes(), " ", x->scalar_type());
+  }
+  TORCH_CHECK_VALUE(slot_mapping.dim() == 1 && slot_mapping.size(0) == N &&
+                        slot_mapping.scalar_type() == at::kLong && slot_mapping.is_cpu(),
+                    op, ": slot_mapping must be int64 [", N, "] on the CPU");
+  const at::Tensor slots = slot_mapping.contiguous();
+  const int64_t capacity = k_cache.size(0) * k_cache.size(1);
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  for (int64_t i = 0; i < N; ++i)
+    TORCH_CHECK_VALUE(sp[i] < capacity, op, ": slot_mapping[", i, "] = ", sp[i], " is past the cache (",
+                      capacity, " slots)");
+  baton::store_kv_cpu(k.contiguous(), v.contiguous(), k_cache, v_cache, slots);
+}
+
+std::string cpu_isa() { return baton::cpu::isa_name(baton::cpu::active_isa()); }
+
+std::string cpu_isa_detected() { return baton::cpu::isa_name(baton::cpu::detected_isa()); }
+
+void set_cpu_isa(const std::string& name) { baton::cpu::set_active_isa(baton::cpu::parse_isa(name)); }
+
+std::map<std::string, bool> cpu_features() {
+  std::map<std::string, bool> out;
+  for (const auto& [name, present] : baton::cpu::cpu_features()) out[name] = present;
+  return out;
+}
+
+std::map<std::string, std::string> cpu_kernel_paths() {
+  return {{"skinny_linear_float32", baton::skinny_linear_path(false)},
+          {"skinny_linear_bfloat16", baton::skinny_linear_path(true)},
+          {"paged_decode_attention", baton::paged_decode_cpu_path()},
+          {"rms_norm", baton::rms_norm_cpu_path()}};
+}
+
 bool with_cuda() {
 #ifdef BATON_WITH_CUDA
   return true;
@@ -220,17 +289,30 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("scores"), py::arg("budget"), py::arg("segment_ids") = py::none(),
         py::arg("expand_segments") = false);
   m.def("skinny_linear", &skinny_linear,
-        "float32 x [M, K] @ w[N, K]^T (+ bias), w float32 or bfloat16, CPU, small M",
+        "x [M, K] @ w[N, K]^T (+ bias) on the CPU, y in x's dtype: x float32 with w float32 "
+        "or bfloat16, or both bfloat16",
         py::arg("x"), py::arg("w"), py::arg("bias") = py::none());
   m.def("skinny_linear_supported", &baton::skinny_linear_supported,
-        "whether this CPU runs skinny_linear (AVX2 and FMA)");
+        "whether skinny_linear runs here (always; see cpu_isa)");
   m.def("paged_decode_attention", &paged_decode_attention,
         "CPU paged decode attention: q [B, Hq, D] over k/v caches through block tables",
         py::arg("q"), py::arg("k_cache"), py::arg("v_cache"), py::arg("block_tables"),
         py::arg("context_lens"), py::arg("scale"));
   m.def("paged_decode_supported", &baton::paged_decode_cpu_supported,
-        "whether this CPU runs paged_decode_attention (AVX2 and FMA)");
+        "whether paged_decode_attention runs here (always; see cpu_isa)");
   m.def("rms_norm", &rms_norm, "CPU RMSNorm with optional fused residual add -> (out, new_residual)",
         py::arg("x"), py::arg("weight"), py::arg("eps"), py::arg("residual") = py::none());
+  m.def("apply_rotary_", &apply_rotary_, "CPU rotate-half rotary of q [N, Hq, D] and k [N, Hkv, D] in place",
+        py::arg("q"), py::arg("k"), py::arg("cos"), py::arg("sin"));
+  m.def("store_kv", &store_kv, "CPU paged KV-cache store: token i to slot slot_mapping[i] (< 0: skip)",
+        py::arg("k"), py::arg("v"), py::arg("k_cache"), py::arg("v_cache"), py::arg("slot_mapping"));
+  m.def("cpu_isa", &cpu_isa, "the instruction-set path the CPU kernels run now");
+  m.def("cpu_isa_detected", &cpu_isa_detected, "the best instruction-set path this CPU runs");
+  m.def("cpu_isa_levels", &baton::cpu::runnable_isas, "every path this CPU runs, lowest first");
+  m.def("set_cpu_isa", &set_cpu_isa,
+        "run the CPU kernels on this path (generic, avx2, avx512, avx512bf16); ValueError when "
+        "the CPU lacks it", py::arg("name"));
+  m.def("cpu_features", &cpu_features, "CPU features relevant to the kernel paths");
+  m.def("cpu_kernel_paths", &cpu_kernel_paths, "the path each CPU kernel takes now");
   m.def("with_cuda", &with_cuda, "whether the CUDA kernels were compiled in");
 }

@@ -9,6 +9,9 @@
 // by their maxima and sums (split-K, as flash decoding does on GPUs). Walking one head at a
 // time instead strides by a whole token row per key and measured several times slower at
 // long contexts (a page and a TLB entry per key).
+//
+// One body (paged_decode_body.inc) per instruction-set path (cpu_isa.h): generic, AVX2,
+// AVX-512 (the avx512bf16 level runs the AVX-512 one: the scores are memory-bound).
 #include "paged_decode_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -20,94 +23,54 @@
 #include <limits>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "cpu_simd.h"
 
 namespace baton {
 
-#if defined(__x86_64__)
 namespace {
 
-using simd::hsum;
-using simd::load8;
+using cpu::Isa;
 using simd::to_float;
-
-template <typename T>
-BATON_AVX2 float dot(const float* q, const T* k, int64_t D) {
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  int64_t d = 0;
-  for (; d + 16 <= D; d += 16) {
-    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(k + d), a0);
-    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), load8(k + d + 8), a1);
-  }
-  for (; d < D; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(k + d), a0);
-  return hsum(_mm256_add_ps(a0, a1));
-}
-
-template <typename T>
-BATON_AVX2 void axpy(float a, const T* v, float* acc, int64_t D) {
-  const __m256 av = _mm256_set1_ps(a);
-  for (int64_t d = 0; d < D; d += 8)
-    _mm256_storeu_ps(acc + d, _mm256_fmadd_ps(av, load8(v + d), _mm256_loadu_ps(acc + d)));
-}
 
 struct Run {
   int64_t seq, block_begin, block_end;
 };
 
-// One run of blocks of one sequence: for every query head, the run's score maximum m, the
-// sum l of exp(score - m) and acc = sum of exp(score - m) * value, written to part
-// ([Hq, D + 2]: acc, then m, then l).
+namespace generic {
+using V = simd::VecGeneric;
+#include "paged_decode_body.inc"
+}  // namespace generic
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")  // = BATON_TARGET_AVX2 (pragmas take no macros)
+namespace avx2 {
+using V = simd::VecAvx2;
+#include "paged_decode_body.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")  // = BATON_TARGET_AVX512
+namespace avx512 {
+using V = simd::VecAvx512;
+#include "paged_decode_body.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+#endif
+
 template <typename T>
-BATON_AVX2 void attend_run(const float* qf, const T* k_cache, const T* v_cache,
-                           const int32_t* table, int64_t n, const Run& run, int64_t block_size,
-                           int64_t Hkv, int64_t G, int64_t D, float scale, float* part,
-                           std::vector<float>& buf) {
-  const int64_t Hq = Hkv * G, row = Hkv * D;
-  const int64_t t_begin = run.block_begin * block_size;
-  const int64_t t_end = std::min(n, run.block_end * block_size);
-  const int64_t len = t_end - t_begin;
-  buf.resize(Hq * len);
-  float* p = buf.data();  // [Hq, len] scores, then exp(score - m)
-  for (int64_t i = run.block_begin; i < run.block_end; ++i) {
-    const T* base = k_cache + static_cast<int64_t>(table[i]) * block_size * row;
-    const int64_t t0 = i * block_size, count = std::min(block_size, t_end - t0);
-    for (int64_t j = 0; j < count; ++j) {
-      const T* k = base + j * row;
-      for (int64_t h = 0; h < Hkv; ++h)
-        for (int64_t g = 0; g < G; ++g) {
-          const int64_t head = h * G + g;
-          p[head * len + t0 + j - t_begin] = dot(qf + head * D, k + h * D, D) * scale;
-        }
-    }
-  }
-  for (int64_t head = 0; head < Hq; ++head) {
-    float* ph = p + head * len;
-    float m = -std::numeric_limits<float>::infinity();
-    for (int64_t t = 0; t < len; ++t) m = std::max(m, ph[t]);
-    float l = 0.0f;
-    for (int64_t t = 0; t < len; ++t) {
-      ph[t] = std::exp(ph[t] - m);
-      l += ph[t];
-    }
-    float* out = part + head * (D + 2);
-    for (int64_t d = 0; d < D; ++d) out[d] = 0.0f;
-    out[D] = m;
-    out[D + 1] = l;
-  }
-  // The same walk as for K, written out: a lambda would not inherit the AVX2 target, and
-  // dot/axpy would stop inlining.
-  for (int64_t i = run.block_begin; i < run.block_end; ++i) {
-    const T* base = v_cache + static_cast<int64_t>(table[i]) * block_size * row;
-    const int64_t t0 = i * block_size, count = std::min(block_size, t_end - t0);
-    for (int64_t j = 0; j < count; ++j) {
-      const T* v = base + j * row;
-      for (int64_t h = 0; h < Hkv; ++h)
-        for (int64_t g = 0; g < G; ++g) {
-          const int64_t head = h * G + g;
-          axpy(p[head * len + t0 + j - t_begin], v + h * D, part + head * (D + 2), D);
-        }
-    }
-  }
+using AttendFn = void (*)(const float*, const T*, const T*, const int32_t*, int64_t, const Run&,
+                          int64_t, int64_t, int64_t, int64_t, float, float*, std::vector<float>&);
+
+template <typename T>
+AttendFn<T> attend_for(Isa isa) {
+#if defined(__x86_64__)
+  if (isa >= Isa::kAvx512) return &avx512::attend_run<T>;
+  if (isa == Isa::kAvx2) return &avx2::attend_run<T>;
+#endif
+  return &generic::attend_run<T>;
 }
 
 template <typename T>
@@ -139,6 +102,7 @@ void decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
   std::vector<float> qf(B * Hq * D);
   for (int64_t i = 0; i < B * Hq * D; ++i) qf[i] = to_float(qp[i]);
   std::vector<float> parts(runs.size() * Hq * (D + 2));
+  const AttendFn<T> attend_run = attend_for<T>(cpu::active_isa());
   at::parallel_for(0, static_cast<int64_t>(runs.size()), 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf;
     for (int64_t r = begin; r < end; ++r) {
@@ -176,7 +140,12 @@ void decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
 
 }  // namespace
 
-bool paged_decode_cpu_supported() { return simd::cpu_has_avx2_fma(); }
+bool paged_decode_cpu_supported() { return true; }
+
+const char* paged_decode_cpu_path() {
+  const Isa isa = cpu::active_isa();
+  return cpu::isa_name(isa == Isa::kAvx512Bf16 ? Isa::kAvx512 : isa);
+}
 
 at::Tensor paged_decode_cpu(const at::Tensor& q, const at::Tensor& k_cache,
                             const at::Tensor& v_cache, const at::Tensor& block_tables,
@@ -189,16 +158,5 @@ at::Tensor paged_decode_cpu(const at::Tensor& q, const at::Tensor& k_cache,
   }
   return out;
 }
-
-#else  // not x86-64: the Python wrapper never calls the kernel (paged_decode_cpu_supported)
-
-bool paged_decode_cpu_supported() { return false; }
-
-at::Tensor paged_decode_cpu(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                            const at::Tensor&, const at::Tensor&, double) {
-  TORCH_CHECK(false, "paged_decode_attention: needs an x86-64 CPU with AVX2 and FMA");
-}
-
-#endif
 
 }  // namespace baton

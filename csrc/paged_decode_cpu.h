@@ -5,8 +5,11 @@
 
 namespace baton {
 
-// Whether this CPU runs the kernel (x86-64 with AVX2 and FMA).
+// Whether this build runs the kernel here (always: the generic path is portable).
 bool paged_decode_cpu_supported();
+
+// The path paged_decode_cpu takes now (cpu::active_isa; avx512 at the avx512bf16 level).
+const char* paged_decode_cpu_path();
 
 // q [B, Hq, D]; k_cache, v_cache [num_blocks, block_size, Hkv, D], contiguous, q's dtype
 // (float32 or bfloat16); block_tables int32 [B, max_blocks]; context_lens int32 [B].

@@ -3,7 +3,8 @@
 // The torch composition (add, float cast, pow, mean, rsqrt, two multiplies, cast) launches
 // about eight ops per call; a decode step calls it four times per layer, and at prefill
 // sizes the intermediates are row-sized tensors. Rounding follows Qwen3's RMSNorm: the sum
-// with the residual and the normalised value are rounded to the input dtype.
+// with the residual and the normalised value are rounded to the input dtype. One body
+// (rms_norm_body.inc) per instruction-set path (cpu_isa.h).
 #include "rms_norm_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -13,79 +14,48 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cpu_isa.h"
 #include "cpu_simd.h"
 
 namespace baton {
 namespace {
 
-using simd::to_float;
+using cpu::Isa;
+
+namespace generic {
+using V = simd::VecGeneric;
+#include "rms_norm_body.inc"
+}  // namespace generic
 
 #if defined(__x86_64__)
-// Eight partial sums: the compiler may not reorder a float sum itself.
-template <typename T>
-BATON_AVX2 float sum_squares_avx2(const T* v, int64_t H) {
-  __m256 a = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= H; i += 8) {
-    const __m256 x = simd::load8(v + i);
-    a = _mm256_fmadd_ps(x, x, a);
-  }
-  float s = simd::hsum(a);
-  for (; i < H; ++i) s += to_float(v[i]) * to_float(v[i]);
-  return s;
-}
-#endif
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")  // = BATON_TARGET_AVX2 (pragmas take no macros)
+namespace avx2 {
+using V = simd::VecAvx2;
+#include "rms_norm_body.inc"
+}  // namespace avx2
+#pragma GCC pop_options
 
-// One row; always inlined into the two entry points below, so the AVX2 one compiles its
-// elementwise loops (residual add, scaling) with 256-bit vectors.
-template <bool kAvx2, typename T>
-inline __attribute__((always_inline)) void norm_row(const T* x, const T* r, const T* w, T* out,
-                                                    T* new_r, int64_t H, float eps) {
-  const T* v = x;
-  if (r != nullptr) {
-    for (int64_t i = 0; i < H; ++i) new_r[i] = T(to_float(x[i]) + to_float(r[i]));
-    v = new_r;
-  }
-  float s = 0.0f;
-#if defined(__x86_64__)
-  if constexpr (kAvx2) s = sum_squares_avx2(v, H);
-  else
-#endif
-    for (int64_t i = 0; i < H; ++i) s += to_float(v[i]) * to_float(v[i]);
-  const float inv = 1.0f / std::sqrt(s / static_cast<float>(H) + eps);
-  for (int64_t i = 0; i < H; ++i) out[i] = T(to_float(w[i]) * to_float(T(to_float(v[i]) * inv)));
-}
-
-template <typename T>
-void norm_rows_plain(const T* x, const T* r, const T* w, T* out, T* new_r, int64_t n0, int64_t n1,
-                     int64_t H, float eps) {
-  for (int64_t n = n0; n < n1; ++n)
-    norm_row<false>(x + n * H, r ? r + n * H : nullptr, w, out + n * H, new_r ? new_r + n * H : nullptr, H, eps);
-}
-
-#if defined(__x86_64__)
-template <typename T>
-BATON_AVX2 void norm_rows_avx2(const T* x, const T* r, const T* w, T* out, T* new_r, int64_t n0,
-                               int64_t n1, int64_t H, float eps) {
-  for (int64_t n = n0; n < n1; ++n)
-    norm_row<true>(x + n * H, r ? r + n * H : nullptr, w, out + n * H, new_r ? new_r + n * H : nullptr, H, eps);
-}
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")  // = BATON_TARGET_AVX512
+namespace avx512 {
+using V = simd::VecAvx512;
+#include "rms_norm_body.inc"
+}  // namespace avx512
+#pragma GCC pop_options
 #endif
 
 template <typename T>
 void rows(const T* x, const T* residual, const T* weight, T* out, T* new_residual, int64_t N,
           int64_t H, float eps) {
-#if defined(__x86_64__)
-  const bool avx2 = simd::cpu_has_avx2_fma();
-#else
-  const bool avx2 = false;
-#endif
+  const Isa isa = cpu::active_isa();
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(H, 1));  // ~128 KiB per task
   at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
 #if defined(__x86_64__)
-    if (avx2) return norm_rows_avx2(x, residual, weight, out, new_residual, begin, end, H, eps);
+    if (isa >= Isa::kAvx512) return avx512::norm_rows(x, residual, weight, out, new_residual, begin, end, H, eps);
+    if (isa == Isa::kAvx2) return avx2::norm_rows(x, residual, weight, out, new_residual, begin, end, H, eps);
 #endif
-    norm_rows_plain(x, residual, weight, out, new_residual, begin, end, H, eps);
+    generic::norm_rows(x, residual, weight, out, new_residual, begin, end, H, eps);
   });
 }
 
@@ -107,6 +77,11 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_cpu(const at::Tensor& x, const at::T
                 residual ? new_residual.data_ptr<float>() : nullptr, N, H, eps);
   }
   return {out, new_residual};
+}
+
+const char* rms_norm_cpu_path() {
+  const Isa isa = cpu::active_isa();
+  return cpu::isa_name(isa == Isa::kAvx512Bf16 ? Isa::kAvx512 : isa);
 }
 
 }  // namespace baton

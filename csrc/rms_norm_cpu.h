@@ -8,6 +8,9 @@
 
 namespace baton {
 
+// The path rms_norm_cpu takes now (cpu::active_isa; avx512 at the avx512bf16 level).
+const char* rms_norm_cpu_path();
+
 // x, residual [N, H] and weight [H], contiguous, one dtype (float32 or bfloat16).
 // -> (out, new_residual): new_residual = x + residual (rounded to the dtype; undefined
 // without a residual), out = weight * (v * rsqrt(mean(v^2) + eps)) with v the new residual

@@ -1,5 +1,5 @@
-// Skinny GEMM on the CPU: y[M, N] = x[M, K] @ w[N, K]^T (+ bias) for few rows (any M with
-// bfloat16 weights); x, bias, y float32, w float32 or bfloat16 (widened in registers).
+// Skinny GEMM on the CPU: y[M, N] = x[M, K] @ w[N, K]^T (+ bias), for few rows (and, where
+// kernels/linear.py measured it faster than torch, many).
 //
 // Decode steps and warm prefills multiply a handful of rows by every weight matrix. At those
 // shapes the BLAS sgemm path re-packs the weight on every call, so M = 2..8 run several times
@@ -7,106 +7,166 @@
 // test_bench_linear.py). Here each weight row is read from memory once: a block of R rows is
 // dotted with every input row while it sits in L1/L2, so the time stays near the weight-read
 // time. Threads split the weight rows (output columns).
+//
+// One body (skinny_body.inc) per instruction-set path (cpu_isa.h): generic, AVX2 (8 floats
+// per FMA), AVX-512 (16). At the avx512bf16 level bfloat16 x bfloat16 products use vdpbf16ps
+// instead (32 products per instruction, no widening), accumulated in float32.
 #include "skinny_linear.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
+#include "cpu_isa.h"
 #include "cpu_simd.h"
 
 namespace baton {
-
-#if defined(__x86_64__)
 namespace {
 
-using simd::hsum;
-using simd::load8;
+using cpu::Isa;
 
 constexpr int64_t kGrain = 64;  // weight rows per task: enough work to amortise a task
 
-// R weight rows against C input rows: R * C accumulators, R + C loads per 8 values of K.
-// R = 4, C = 3 fills the 16 ymm registers (12 sums, 3 inputs, 1 weight vector): 12 FMAs per
-// 7 loads, so tens of rows run FMA-bound (4 x 2 ran at 8 of its 11 registers). Splitting K
-// into L2-sized passes measured slower at every row count up to 512 on the development CPU.
-template <int R, int C, typename WT>
-BATON_AVX2 void tile(const float* x, const WT* w, int64_t K, const float* bias, float* y,
-                     int64_t ldy) {
-  __m256 acc[R][C];
+namespace generic {
+using V = simd::VecGeneric;
+#include "skinny_body.inc"
+}  // namespace generic
+
+#if defined(__x86_64__)
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")  // = BATON_TARGET_AVX2 (pragmas take no macros)
+namespace avx2 {
+using V = simd::VecAvx2;
+#include "skinny_body.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")  // = BATON_TARGET_AVX512
+namespace avx512 {
+using V = simd::VecAvx512;
+#include "skinny_body.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
+namespace avx512bf16 {
+using BF = c10::BFloat16;
+
+// 32 bfloat16 values as the dot-product instruction's operand type.
+inline __m512bh load32(const BF* p) {
+  return (__m512bh)_mm512_loadu_si512(reinterpret_cast<const void*>(p));
+}
+
+// R weight rows against C input rows, both bfloat16: vdpbf16ps multiplies pairs exactly and
+// adds them into float32 sums. 4 x 4 uses 21 of the 32 zmm registers.
+template <int R, int C, typename YT>
+void tile(const BF* x, const BF* w, int64_t K, const float* bias, YT* y, int64_t ldy) {
+  __m512 acc[R][C];
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = _mm256_setzero_ps();
+    for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
   int64_t k = 0;
-  for (; k + 8 <= K; k += 8) {
-    __m256 xv[C];
-    for (int c = 0; c < C; ++c) xv[c] = _mm256_loadu_ps(x + c * K + k);
+  for (; k + 32 <= K; k += 32) {
+    __m512bh xv[C];
+    for (int c = 0; c < C; ++c) xv[c] = load32(x + c * K + k);
     for (int r = 0; r < R; ++r) {
-      const __m256 wv = load8(w + r * K + k);
-      for (int c = 0; c < C; ++c) acc[r][c] = _mm256_fmadd_ps(wv, xv[c], acc[r][c]);
+      const __m512bh wv = load32(w + r * K + k);
+      for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], wv, xv[c]);
     }
   }
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < C; ++c) {
-      float s = hsum(acc[r][c]);
-      for (int64_t t = k; t < K; ++t) s += static_cast<float>(w[r * K + t]) * x[c * K + t];
-      y[c * ldy + r] = bias ? s + bias[r] : s;
+      float s = _mm512_reduce_add_ps(acc[r][c]);
+      for (int64_t t = k; t < K; ++t) s += static_cast<float>(w[r * K + t]) * static_cast<float>(x[c * K + t]);
+      y[c * ldy + r] = YT(bias ? s + bias[r] : s);
     }
   }
 }
 
-// R weight rows against all M input rows, three at a time.
-template <int R, typename WT>
-BATON_AVX2 void row_block(const float* x, int64_t M, const WT* w, int64_t K, const float* bias,
-                          float* y, int64_t ldy) {
+template <int R, typename YT>
+void row_block(const BF* x, int64_t M, const BF* w, int64_t K, const float* bias, YT* y,
+               int64_t ldy) {
   int64_t m = 0;
-  for (; m + 3 <= M; m += 3) tile<R, 3>(x + m * K, w, K, bias, y + m * ldy, ldy);
-  if (M - m == 2) tile<R, 2>(x + m * K, w, K, bias, y + m * ldy, ldy);
-  if (M - m == 1) tile<R, 1>(x + m * K, w, K, bias, y + m * ldy, ldy);
+  for (; m + 4 <= M; m += 4) tile<R, 4>(x + m * K, w, K, bias, y + m * ldy, ldy);
+  const int64_t rem = M - m;
+  x += m * K;
+  y += m * ldy;
+  if (rem == 3) tile<R, 3>(x, w, K, bias, y, ldy);
+  if (rem == 2) tile<R, 2>(x, w, K, bias, y, ldy);
+  if (rem == 1) tile<R, 1>(x, w, K, bias, y, ldy);
 }
 
-template <typename WT>
-BATON_AVX2 void rows_avx2(const float* x, int64_t M, const WT* w, int64_t K, const float* bias,
-                          float* y, int64_t N, int64_t n0, int64_t n1) {
+template <typename YT>
+void rows(const BF* x, int64_t M, const BF* w, int64_t K, const float* bias, YT* y, int64_t N,
+          int64_t n0, int64_t n1) {
   int64_t n = n0;
-  for (; n + 4 <= n1; n += 4)
-    row_block<4>(x, M, w + n * K, K, bias ? bias + n : nullptr, y + n, N);
+  for (; n + 4 <= n1; n += 4) row_block<4>(x, M, w + n * K, K, bias ? bias + n : nullptr, y + n, N);
   for (; n < n1; ++n) row_block<1>(x, M, w + n * K, K, bias ? bias + n : nullptr, y + n, N);
 }
+}  // namespace avx512bf16
+#pragma GCC pop_options
+#endif
+
+// The widening paths: x as float32, w of type WT, y of type YT.
+template <typename WT, typename YT>
+void widening(Isa isa, const float* x, int64_t M, const WT* w, int64_t K, const float* bias, YT* y,
+              int64_t N) {
+  at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) {
+#if defined(__x86_64__)
+    if (isa >= Isa::kAvx512) return avx512::rows(x, M, w, K, bias, y, N, n0, n1);
+    if (isa == Isa::kAvx2) return avx2::rows(x, M, w, K, bias, y, N, n0, n1);
+#endif
+    generic::rows(x, M, w, K, bias, y, N, n0, n1);
+  });
+}
 
 template <typename WT>
-void skinny(const at::Tensor& x, const at::Tensor& w, const float* bias, at::Tensor& y) {
-  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
-  const float* xp = x.data_ptr<float>();
-  const WT* wp = w.data_ptr<WT>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) {
-    rows_avx2(xp, M, wp, K, bias, yp, N, n0, n1);
-  });
+void dispatch_y(Isa isa, const float* x, int64_t M, const WT* w, int64_t K, const float* bias,
+                at::Tensor& y) {
+  const int64_t N = y.size(1);
+  if (y.scalar_type() == at::kBFloat16) {
+    widening(isa, x, M, w, K, bias, y.data_ptr<c10::BFloat16>(), N);
+  } else {
+    widening(isa, x, M, w, K, bias, y.data_ptr<float>(), N);
+  }
 }
 
 }  // namespace
 
-bool skinny_linear_supported() { return simd::cpu_has_avx2_fma(); }
+bool skinny_linear_supported() { return true; }
+
+const char* skinny_linear_path(bool bf16) {
+  const Isa isa = cpu::active_isa();
+  if (!bf16 && isa == Isa::kAvx512Bf16) return cpu::isa_name(Isa::kAvx512);
+  return cpu::isa_name(isa);
+}
 
 at::Tensor skinny_linear_cpu(const at::Tensor& x, const at::Tensor& w,
                              const std::optional<at::Tensor>& bias) {
-  at::Tensor y = at::empty({x.size(0), w.size(0)}, x.options());
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  at::Tensor y = at::empty({M, N}, x.options());
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
+  const Isa isa = cpu::active_isa();
+#if defined(__x86_64__)
+  if (isa == Isa::kAvx512Bf16 && x.scalar_type() == at::kBFloat16) {
+    using BF = c10::BFloat16;
+    const BF* xp = x.data_ptr<BF>();
+    const BF* wp = w.data_ptr<BF>();
+    BF* yp = y.data_ptr<BF>();
+    at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) {
+      avx512bf16::rows(xp, M, wp, K, bp, yp, N, n0, n1);
+    });
+    return y;
+  }
+#endif
+  // bfloat16 inputs are widened once here (M x K values, small beside the weight).
+  const at::Tensor xf = x.scalar_type() == at::kFloat ? x : x.to(at::kFloat);
   if (w.scalar_type() == at::kBFloat16) {
-    skinny<c10::BFloat16>(x, w, bp, y);
+    dispatch_y(isa, xf.data_ptr<float>(), M, w.data_ptr<c10::BFloat16>(), K, bp, y);
   } else {
-    skinny<float>(x, w, bp, y);
+    dispatch_y(isa, xf.data_ptr<float>(), M, w.data_ptr<float>(), K, bp, y);
   }
   return y;
 }
-
-#else  // not x86-64: the Python wrapper never calls the kernel (skinny_linear_supported)
-
-bool skinny_linear_supported() { return false; }
-
-at::Tensor skinny_linear_cpu(const at::Tensor&, const at::Tensor&,
-                             const std::optional<at::Tensor>&) {
-  TORCH_CHECK(false, "skinny_linear: needs an x86-64 CPU with AVX2 and FMA");
-}
-
-#endif
 
 }  // namespace baton

@@ -6,11 +6,17 @@
 
 namespace baton {
 
-// Whether this CPU runs the kernel (x86-64 with AVX2 and FMA).
+// Whether this build runs the kernel here (always: the generic path is portable).
 bool skinny_linear_supported();
 
-// x: contiguous [M, K] float32; w: contiguous [N, K] float32 or bfloat16; bias: contiguous [N]
-// float32. -> float32 y [M, N] = x @ w^T (+ bias). The bindings validate the arguments.
+// The path skinny_linear_cpu takes now for weights of this dtype (cpu::active_isa, except
+// that float32 weights run avx512 at the avx512bf16 level).
+const char* skinny_linear_path(bool bf16);
+
+// x: contiguous [M, K], float32 (w float32 or bfloat16) or bfloat16 (w bfloat16);
+// w: contiguous [N, K]; bias: contiguous float32 [N] or none.
+// -> y [M, N] in x's dtype = x @ w^T (+ bias), accumulated in float32 and rounded once.
+// The bindings validate the arguments.
 at::Tensor skinny_linear_cpu(const at::Tensor& x, const at::Tensor& w,
                              const std::optional<at::Tensor>& bias);
 

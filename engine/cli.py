@@ -66,6 +66,12 @@ def _cmd_serve(args) -> int:
     return run_from_args(args)
 
 
+def _cmd_info(args) -> int:
+    from baton.engine.info_command import run_from_args
+
+    return run_from_args(args)
+
+
 def _budget(text: str):
     value = float(text)
     return int(value) if value >= 1 and value == int(value) else value
@@ -130,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
                                            "SynthVQA items with the trained pair (--quick: under 2 minutes)")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=_cmd_eval)
+
+    from baton.engine.info_command import add_arguments as add_info_arguments
+
+    info = sub.add_parser("info", help="CPU flags, the native kernel paths chosen here, the routing cache, "
+                                       "torch and oneDNN versions")
+    add_info_arguments(info)
+    info.set_defaults(func=_cmd_info)
     return parser
 
 

@@ -8,6 +8,7 @@ the whole context into contiguous tensors first and then calls SDPA. Same contra
 """
 import torch
 
+from baton.kernels import cpu_isa  # noqa: F401  (applies BATON_CPU_ISA before the first call)
 from baton.kernels import paged_decode_ref
 
 try:

@@ -31,12 +31,12 @@ OP_NAMES = (
 # op -> module that defines a function of the same name, per backend.
 _MODULES = {
     "torch": {
-        "store_kv": "baton.kernels.kv_store_ref",
+        "store_kv": "baton.kernels.kv_store_cpu",  # native on CPU, else torch
         "paged_decode_attention": "baton.kernels.paged_decode_cpu",  # native on CPU, else torch
         "prefix_extend_attention": "baton.kernels.prefix_extend_ref",
         "rms_norm": "baton.kernels.rms_norm_cpu",  # native on CPU, else torch
         "mrope_cos_sin": "baton.kernels.rotary_ref",
-        "apply_rotary_": "baton.kernels.rotary_ref",
+        "apply_rotary_": "baton.kernels.rotary_cpu",  # native on CPU, else torch
         "silu_and_mul": "baton.kernels.silu_mul_ref",
         "linear": "baton.kernels.linear",
     },

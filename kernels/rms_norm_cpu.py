@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from baton.kernels import cpu_isa  # noqa: F401  (applies BATON_CPU_ISA before the first call)
 from baton.kernels import rms_norm_ref
 
 try:

@@ -77,7 +77,7 @@ def run_demo(cache_dir: str | None = None, max_tokens: int = 24) -> None:
 
 
 def run_trained_demo(small, large, per_tier: int = 1, seed: int = 7) -> None:
-    from baton import MultiAgent
+    from baton import MultiAgent, SamplingParams
     from baton.engine.answers import normalize_answer
     from baton.models.param_counts import parameter_counts
     from baton.models.config import load_config
@@ -91,8 +91,6 @@ def run_trained_demo(small, large, per_tier: int = 1, seed: int = 7) -> None:
                       brief_max_tokens=6, selector="entropy", budget=0.5)
     print(f"engines     : {small}\n              {large}  (loaded in {time.perf_counter() - t0:.2f} s)")
     items = generate("heldout", per_tier * len(TIERS), seed=seed)
-    from baton import SamplingParams
-
     llm = team.engines["large"]
     params = SamplingParams(temperature=0, max_tokens=6)
     print_output("large model, LLM.chat, cold", llm.chat(items[0].messages(), params)[0])

@@ -41,6 +41,9 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--attention-backend", default="auto")
     p.add_argument("--log-level", default="info")
+    p.add_argument("--gil-switch-interval", type=float, default=0.0005,
+                   help="seconds a thread may hold the GIL while another waits (Python's default 0.005): "
+                        "shorter lets the step thread win it back from the HTTP loop between torch ops")
     ray = p.add_argument_group("scale-out on Ray Serve (pip install -e '.[ray]')")
     ray.add_argument("--ray", action="store_true", help="serve with model replicas as Ray Serve deployments")
     ray.add_argument("--ray-address", default=None, help="Ray cluster to join (default: start a local one)")
@@ -97,6 +100,15 @@ def build_engine(args):
 
 def run_from_args(args) -> int:
     from baton.engine.media_policy import MediaPolicy
+
+    # Every torch op drops and retakes the GIL; while the event loop holds it, the step thread
+    # waits up to a switch interval per op (16-client stream, demo-large: 42-43 ms per token
+    # at 0.5 ms against 46-48 ms at Python's 5 ms; bench/serve_bench.py)
+    if not args.gil_switch_interval > 0:
+        from baton.errors import BatonError
+
+        raise BatonError(f"--gil-switch-interval must be > 0 seconds, got {args.gil_switch_interval}")
+    sys.setswitchinterval(args.gil_switch_interval)
 
     media = MediaPolicy(allowed_local_media_path=args.allowed_local_media_path, allow_remote=args.allow_remote_media,
                         fetch_timeout=args.media_fetch_timeout, max_fetch_bytes=args.media_max_bytes,

@@ -152,14 +152,12 @@ class MultiAgentEvent:
     result: Any = None
 
 
-class MultiAgentStream:
-    """A multi-agent request's events, as an async iterator; `abort()` stops its stages."""
+class EventStream:
+    """MultiAgentEvents as an async iterator that ends after "result" or raises the exception it
+    receives; a consumer that stops waiting aborts the request. Subclasses say where events come
+    from (`_next_event`) and how a request stops (`_stop`)."""
 
-    def __init__(self, engine: "AsyncEngine", loop):
-        self._engine = engine
-        self._box = _Mailbox(loop)
-        self.cancelled = threading.Event()
-        self.finished = False
+    finished = False
 
     def __aiter__(self):
         return self
@@ -168,7 +166,7 @@ class MultiAgentStream:
         if self.finished:
             raise StopAsyncIteration
         try:
-            event = await self._box.get()
+            event = await self._next_event()
         except BaseException:
             self.abort()
             raise
@@ -178,14 +176,35 @@ class MultiAgentStream:
         self.finished = event.kind == "result"
         return event
 
+    async def _next_event(self):
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
     def abort(self) -> None:
         if not self.finished:
             self.finished = True
-            self.cancelled.set()
-            self._engine._wake.set()
+            self._stop()
 
     async def aclose(self) -> None:
         self.abort()
+
+
+class MultiAgentStream(EventStream):
+    """A multi-agent request's events, as an async iterator; `abort()` stops its stages."""
+
+    def __init__(self, engine: "AsyncEngine", loop):
+        self._engine = engine
+        self._box = _Mailbox(loop)
+        self.cancelled = threading.Event()
+
+    async def _next_event(self):
+        return await self._box.get()
+
+    def _stop(self) -> None:
+        self.cancelled.set()
+        self._engine._wake.set()
 
 
 class _AnswerText:

@@ -1,5 +1,5 @@
 """`baton eval`: accuracy and latency of every multi-agent mode on held-out SynthVQA items,
-with the trained small / large pair (models/synthvqa_train.py).
+with the trained small / large pair (engine/synthvqa_train.py).
 
 Each configuration (mode, selector, budget) answers every item in one batch (run_batch: the
 accuracy), then answers the first --latency-per-tier items of each tier again one request at

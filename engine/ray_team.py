@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from baton.engine.async_engine import MultiAgentEvent
+from baton.engine.async_engine import EventStream
 from baton.engine.llm import LLM
 from baton.engine.multi_agent import MultiAgent, MultiAgentResult, _record
 from baton.engine.outputs import RequestOutput
@@ -69,39 +69,19 @@ class RemoteTeam(MultiAgent):
         return {m: 0 for m in self.engines}  # the latency router's load input is per process
 
 
-class RemoteMultiAgentStream:
+class RemoteMultiAgentStream(EventStream):
     """A multi-agent request's MultiAgentEvents, as AsyncEngine's MultiAgentStream."""
 
     def __init__(self):
         self.queue: asyncio.Queue = asyncio.Queue()
         self.task: asyncio.Task | None = None
-        self.finished = False
 
-    def __aiter__(self):
-        return self
+    async def _next_event(self):
+        return await self.queue.get()
 
-    async def __anext__(self) -> MultiAgentEvent:
-        if self.finished:
-            raise StopAsyncIteration
-        try:
-            event = await self.queue.get()
-        except BaseException:
-            self.abort()
-            raise
-        if isinstance(event, BaseException):
-            self.finished = True
-            raise event
-        self.finished = event.kind == "result"
-        return event
-
-    def abort(self) -> None:
-        if not self.finished:
-            self.finished = True
-            if self.task is not None:
-                self.task.cancel()
-
-    async def aclose(self) -> None:
-        self.abort()
+    def _stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
 
 
 _DONE = object()

@@ -166,7 +166,7 @@ PAIR = ("synthvqa-small", "synthvqa-large")
 
 
 def trained_pair(root: str | Path | None = None) -> tuple[Path, Path]:
-    """The committed (small, large) checkpoints trained on this task (models/synthvqa_train.py);
+    """The committed (small, large) checkpoints trained on this task (engine/synthvqa_train.py);
     CheckpointError naming the command that makes them when absent."""
     from baton.errors import CheckpointError
 
@@ -175,5 +175,5 @@ def trained_pair(root: str | Path | None = None) -> tuple[Path, Path]:
     missing = [str(p) for p in paths if not (p / "model.safetensors").is_file()]
     if missing:
         raise CheckpointError(f"trained SynthVQA checkpoint(s) missing: {', '.join(missing)}; make them with "
-                              f"`python -m baton.models.synthvqa_train --out {base}`")
+                              f"`python -m baton.engine.synthvqa_train --out {base}`")
     return paths

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from baton.models import synthvqa_train
+from baton.engine import synthvqa_train
 
 
 def test_a_few_steps_lower_the_loss_and_save_a_loadable_checkpoint(tmp_path):

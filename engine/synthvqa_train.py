@@ -1,7 +1,7 @@
 """Train the SynthVQA model pair: two tiny Qwen3-VL checkpoints in the Hugging Face layout.
 
-    python -m baton.models.synthvqa_train --out models/trained            # both, full settings
-    python -m baton.models.synthvqa_train --model small --steps 20 --out /tmp/x   # a smoke run
+    python -m baton.engine.synthvqa_train --out models/trained            # both, full settings
+    python -m baton.engine.synthvqa_train --model small --steps 20 --out /tmp/x   # a smoke run
 
 Training is transformers' own Qwen3-VL forward with labels (loss on the target tokens only),
 AdamW, seeded. Prompts are built by the multi-agent layer's PromptBuilder on Baton's

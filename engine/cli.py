@@ -48,28 +48,15 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _cmd_analyze(args) -> int:
-    from baton.engine.analysis.command import run_from_args
+def _delegate(module: str):
+    """A subcommand whose module has `run_from_args(args)`; imported only when it runs."""
 
-    return run_from_args(args)
+    def run(args) -> int:
+        import importlib
 
+        return importlib.import_module(module).run_from_args(args)
 
-def _cmd_eval(args) -> int:
-    from baton.engine.eval_command import run_from_args
-
-    return run_from_args(args)
-
-
-def _cmd_serve(args) -> int:
-    from baton.engine.serve_command import run_from_args
-
-    return run_from_args(args)
-
-
-def _cmd_info(args) -> int:
-    from baton.engine.info_command import run_from_args
-
-    return run_from_args(args)
+    return run
 
 
 def _budget(text: str):
@@ -121,28 +108,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="OpenAI-compatible HTTP server (FastAPI + uvicorn; pip install baton[serve])")
     add_serve_arguments(serve)
-    serve.set_defaults(func=_cmd_serve)
+    serve.set_defaults(func=_delegate("baton.engine.serve_command"))
 
     from baton.engine.analysis.command import add_arguments as add_analyze_arguments
 
     analyze = sub.add_parser("analyze", help="latency analysis of VLM components with a calibrated cost model "
                                              "(--quick: a few minutes on a CPU)")
     add_analyze_arguments(analyze)
-    analyze.set_defaults(func=_cmd_analyze)
+    analyze.set_defaults(func=_delegate("baton.engine.analysis.command"))
 
     from baton.engine.eval_command import add_arguments as add_eval_arguments
 
     evaluate = sub.add_parser("eval", help="accuracy and latency of every mode and selector on held-out "
                                            "SynthVQA items with the trained pair (--quick: under 2 minutes)")
     add_eval_arguments(evaluate)
-    evaluate.set_defaults(func=_cmd_eval)
+    evaluate.set_defaults(func=_delegate("baton.engine.eval_command"))
 
     from baton.engine.info_command import add_arguments as add_info_arguments
 
     info = sub.add_parser("info", help="CPU flags, the native kernel paths chosen here, the routing cache, "
                                        "torch and oneDNN versions")
     add_info_arguments(info)
-    info.set_defaults(func=_cmd_info)
+    info.set_defaults(func=_delegate("baton.engine.info_command"))
     return parser
 
 

@@ -17,10 +17,12 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 openai = pytest.importorskip("openai")
 
-from baton import LLM, MultiAgent, SamplingParams  # noqa: E402
+from baton import LLM, MultiAgent  # noqa: E402
 from baton.models.synthetic import build_synthetic_checkpoint  # noqa: E402
 
-from tests.e2e.test_server import data_url, image_chat, png  # noqa: E402
+from tests.e2e.test_server import (  # noqa: E402
+    data_url, expect_error, greedy, image_chat, png, stream_chats_concurrently)
+from tests.e2e.test_server import metric_value as metric  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -78,30 +80,8 @@ def offline(pair_dirs):
     return {"small": small, "large": large, "team": MultiAgent(small, large, **TEAM)}
 
 
-def greedy(max_tokens=8, **kw):
-    return SamplingParams(temperature=0, max_tokens=max_tokens, **kw)
-
-
 def metrics_text(cluster) -> str:
     return httpx.get(cluster["url"] + "/metrics", timeout=30).text
-
-
-def metric(text: str, name: str, **labels) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    pattern = rf"^{re.escape(name)}\{{{re.escape(want)}\}} (\S+)$" if labels else rf"^{re.escape(name)} (\S+)$"
-    found = re.search(pattern, text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
-def expect_error(call, status: int, code: str | None = None):
-    with pytest.raises(openai.APIStatusError) as info:
-        call()
-    assert info.value.status_code == status, info.value
-    body = info.value.response.json()
-    assert set(body) == {"error"} and {"message", "type", "code"} <= set(body["error"]), body
-    if code is not None:
-        assert body["error"]["code"] == code, body
-    return body["error"]
 
 
 # -- the same API as `baton serve` ------------------------------------------------------------
@@ -148,18 +128,7 @@ def test_concurrent_streams_match_offline(cluster, offline):
     want = [o.text for o in offline["small"].chat([[{"role": "user", "content": t}] for t in texts],
                                                   greedy(6, ignore_eos=True))]
 
-    async def one(aclient, text):
-        stream = await aclient.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": text}], max_tokens=6, temperature=0, stream=True,
-            extra_body={"ignore_eos": True})
-        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-
-    async def main():
-        async with openai.AsyncOpenAI(base_url=cluster["url"] + "/v1", api_key=KEY, max_retries=0,
-                                      timeout=120) as aclient:
-            return await asyncio.wait_for(asyncio.gather(*(one(aclient, t) for t in texts)), 180)
-
-    assert asyncio.run(main()) == want
+    assert stream_chats_concurrently(cluster["url"], KEY, texts) == want
 
 
 def test_errors_are_the_single_process_servers(cluster, client):

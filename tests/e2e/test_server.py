@@ -134,8 +134,30 @@ def greedy(max_tokens=8, **kw):
     return SamplingParams(temperature=0, max_tokens=max_tokens, **kw)
 
 
+def stream_chats_concurrently(url: str, key: str, texts: list[str], model: str = "tiny",
+                               max_tokens: int = 6) -> list[str]:
+    """Each text as its own streamed chat (greedy, ignore_eos), all at once through the async
+    openai client; the joined deltas of each, in order."""
+
+    async def one(aclient, text):
+        stream = await aclient.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": text}], max_tokens=max_tokens, temperature=0,
+            stream=True, extra_body={"ignore_eos": True})
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    async def main():
+        async with openai.AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120) as aclient:
+            return await asyncio.wait_for(asyncio.gather(*(one(aclient, t) for t in texts)), 180)
+
+    return asyncio.run(main())
+
+
 def metric(server, name, **labels) -> float:
-    text = httpx.get(server["url"] + "/metrics", timeout=10).text
+    return metric_value(httpx.get(server["url"] + "/metrics", timeout=10).text, name, **labels)
+
+
+def metric_value(text: str, name: str, **labels) -> float:
+    """One sample of a Prometheus exposition text (0.0 when absent)."""
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     pattern = rf"^{re.escape(name)}\{{{re.escape(want)}\}} (\S+)$" if labels else rf"^{re.escape(name)} (\S+)$"
     found = re.search(pattern, text, re.M)
@@ -251,18 +273,7 @@ def test_64_concurrent_streaming_clients_match_offline(server, offline):
     params = greedy(6, ignore_eos=True)
     want = [o.text for o in offline.chat([[{"role": "user", "content": t}] for t in texts], params)]
 
-    async def one(aclient, text):
-        stream = await aclient.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": text}], max_tokens=6, temperature=0, stream=True,
-            extra_body={"ignore_eos": True})
-        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-
-    async def main():
-        async with openai.AsyncOpenAI(base_url=server["url"] + "/v1", api_key=KEY, max_retries=0,
-                                      timeout=120) as aclient:
-            return await asyncio.wait_for(asyncio.gather(*(one(aclient, t) for t in texts)), 180)
-
-    assert asyncio.run(main()) == want
+    assert stream_chats_concurrently(server["url"], KEY, texts) == want
     wait_for(lambda: no_blocks_in_use(server))
     assert server["engine"].stats()["in_flight"] == 0
 

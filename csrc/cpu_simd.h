@@ -6,7 +6,8 @@
 // pick a path at run time (cpu::active_isa).
 //
 // Every V has: W (floats per register), kCols (input rows per GEMM tile), reg, zero, set1,
-// load (float or bfloat16, widened to float), fma(a, b, c) = a * b + c, add, store, hsum.
+// load (float or bfloat16, widened to float), fma(a, b, c) = a * b + c, add, store, hsum,
+// prefetch (a hint: one cache line into L1).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -57,6 +58,7 @@ struct VecGeneric {
     return a;
   }
   static inline void store(float* p, reg a) { std::memcpy(p, a.v, sizeof(a.v)); }
+  static inline void prefetch(const char* p) { __builtin_prefetch(p); }
   static inline float hsum(reg a) {
     for (int w = 4; w > 0; w /= 2)
       for (int i = 0; i < w; ++i) a.v[i] += a.v[i + w];
@@ -93,6 +95,7 @@ struct VecAvx2 {
   BATON_AVX2 static inline reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   BATON_AVX2 static inline reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   BATON_AVX2 static inline void store(float* p, reg a) { _mm256_storeu_ps(p, a); }
+  BATON_AVX2 static inline void prefetch(const char* p) { _mm_prefetch(p, _MM_HINT_T0); }
   BATON_AVX2 static inline float hsum(reg v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -116,6 +119,7 @@ struct VecAvx512 {
   BATON_AVX512 static inline reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   BATON_AVX512 static inline reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   BATON_AVX512 static inline void store(float* p, reg a) { _mm512_storeu_ps(p, a); }
+  BATON_AVX512 static inline void prefetch(const char* p) { _mm_prefetch(p, _MM_HINT_T0); }
   BATON_AVX512 static inline float hsum(reg v) { return _mm512_reduce_add_ps(v); }
 };
 

@@ -5,7 +5,9 @@ and the native kernel wins at every row count, while oneDNN's bfloat16 GEMM on A
 or AMX parts prefills several times faster than the native one. So the first product of each
 shape class (dtype, rows rounded up to a power of two, N, K, threads, native path) times
 both on the layer's own weight for a few milliseconds (a few hundred at prefill sizes, once
-per machine) and keeps the faster one. Decisions are cached on disk, in
+per machine) and keeps the faster one. Each timed call starts with the weight out of the
+caches, as in a forward pass, where the other layers' weights have evicted it: timed in cache,
+a bfloat16 GEMV measured compute speed, not the DRAM-bound speed decode runs at. Decisions are cached on disk, in
 `$BATON_CACHE_DIR/cpu_routing.json` (default ~/.cache/baton), keyed by the CPU model string
 and the torch version; a file that is corrupt, of another schema, CPU or torch version is
 ignored and rewritten. Writes go through a temp file and os.replace, so concurrent processes
@@ -33,7 +35,7 @@ from baton.kernels import cpu_isa
 
 ENV_MODE = "BATON_CPU_KERNELS"
 MODES = ("auto", "native", "torch", "static")
-SCHEMA = 3  # 3: entries carry "reliable"; noisy timings are never kept
+SCHEMA = 4  # 3: entries carry "reliable"; 4: timed with the weight evicted from the caches
 FILE_NAME = "cpu_routing.json"
 # The static rule: up to this many float32 rows the native kernel beat the BLAS sgemm at
 # Qwen3-VL-2B shapes on the AVX2 development CPU (1.07-2.0x at 64-128 rows, 0.86-1.18x at 256).
@@ -49,6 +51,8 @@ DECISIVE = 3.0
 STABLE = 0.1
 MEASURE_MAX_ROUNDS = 30
 MEASURE_BUDGET_S = 0.25
+# Reading this many bytes (at least twice the last-level cache) evicts the weight before each call.
+EVICT_MIN_BYTES = 64 << 20
 
 _lock = threading.Lock()
 _decisions: dict[tuple, bool] = {}
@@ -164,9 +168,11 @@ def measure(dtype: torch.dtype, rows: int, weight: torch.Tensor, bias: torch.Ten
         paths = {"native": lambda: _native.skinny_linear(x, w, b), "torch": lambda: F.linear(x, w, b)}
         samples: dict[str, list[float]] = {name: [] for name in paths}
         timing = set(paths)
+        evict = torch.ones(max(EVICT_MIN_BYTES, 2 * last_level_cache_bytes()) // 4)
         t_start = time.perf_counter()
         for rnd in range(MEASURE_MAX_ROUNDS):
             for name in sorted(timing):  # the first round is the warm-up, but counts
+                evict.sum()
                 t0 = time.perf_counter()
                 paths[name]()
                 samples[name].append(time.perf_counter() - t0)
@@ -185,6 +191,17 @@ def measure(dtype: torch.dtype, rows: int, weight: torch.Tensor, bias: torch.Ten
     path = "native" if best["native"] <= best["torch"] else "torch"
     return {"path": path, "native_ms": round(best["native"] * 1e3, 4), "torch_ms": round(best["torch"] * 1e3, 4),
             "measured_rows": m, "reliable": bool(decisive or stable)}
+
+
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache Linux reports for cpu0, in bytes (0 if it reports none)."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        with contextlib.suppress(OSError, ValueError):
+            text = entry.read_text().strip().upper()
+            scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            sizes.append(int(text.rstrip("KMG")) * scale)
+    return max(sizes, default=0)
 
 
 def _stable(ts: list[float]) -> bool:

@@ -38,8 +38,9 @@ GENERATOR_VERSION = 3  # bump when weights / files for the same preset change
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-# Presets: overrides of the architecture (same keys as config.json) plus two extras,
-# "image_processor" (min_pixels / max_pixels) and "max_shard_size" (default sharding).
+# Presets: overrides of the architecture (same keys as config.json) plus three extras,
+# "image_processor" (min_pixels / max_pixels), "max_shard_size" (default sharding) and
+# "vocab_size" (embedding rows beyond the tokenizer's, as in a real checkpoint).
 _TINY_PIXELS = {"min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 64}  # 4..64 image tokens
 _DEMO_PIXELS = {"min_pixels": 32 * 32 * 4, "max_pixels": 32 * 32 * 256}  # 4..256 image tokens
 _REAL_PIXELS = {"min_pixels": 256 * 256, "max_pixels": 32 * 32 * 1024}  # 64..1024 image tokens
@@ -114,6 +115,18 @@ PRESETS: dict[str, dict] = {
         "tie_word_embeddings": True,
         "image_processor": _REAL_PIXELS,
         "max_shard_size": "1GB",
+    },
+    # The real Qwen3-VL-2B architecture and vocabulary (151,936 rows, tied head: 0.3B of the
+    # 1.7B decoder parameters) with random weights: the CPU real-size rows.
+    "real-2b": {
+        "text_config": {"hidden_size": 2048, "intermediate_size": 6144, "num_hidden_layers": 28,
+                        "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128,
+                        "max_position_embeddings": 262144, "rope_scaling": {"mrope_section": [24, 20, 20]}},
+        "vision_config": dict(_VISION_2B),
+        "tie_word_embeddings": True,
+        "image_processor": _REAL_PIXELS,
+        "max_shard_size": "1GB",
+        "vocab_size": 151936,
     },
     "pair-0.3b": {
         "text_config": {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 20,
@@ -240,7 +253,8 @@ def count_parameters(config: dict | str = "tiny", vocab_size: int | None = None)
     """Parameter counts {"text", "vision", "total"} of a preset / spec (tied head counted once)."""
     spec = resolve_spec(config)
     ids = tokenizer_builder.special_token_ids(tokenizer_builder.build_tokenizer())
-    hf = make_hf_config(spec, ids, vocab_size or _padded_vocab(tokenizer_builder.DEFAULT_VOCAB_SIZE))
+    hf = make_hf_config(spec, ids, vocab_size or spec.get("vocab_size")
+                        or _padded_vocab(tokenizer_builder.DEFAULT_VOCAB_SIZE))
     counts = parameter_counts(parse_config(hf))
     return {"text": counts.text_total, "vision": counts.vision, "total": counts.total}
 
@@ -380,8 +394,8 @@ def build_synthetic_checkpoint(out_dir: str | os.PathLike, config: dict | str = 
         tok_size = written.pop("vocab_size")
         token_ids = written
     if vocab_size is None:
-        vocab_size = _padded_vocab(tok_size)
-    elif vocab_size < tok_size:
+        vocab_size = spec.get("vocab_size") or _padded_vocab(tok_size)
+    if vocab_size < tok_size:
         raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer ({tok_size} tokens)")
 
     hf_config = make_hf_config(spec, token_ids, vocab_size, dtype)

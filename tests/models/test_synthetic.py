@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,6 +226,24 @@ def test_bench_presets_have_the_advertised_sizes():
     assert 0.25e9 < synthetic.count_parameters("pair-0.3b")["text"] < 0.35e9
     assert 1.4e9 < synthetic.count_parameters("pair-1.5b")["text"] < 1.6e9
     assert synthetic.count_parameters("bench-0.5b")["vision"] > 0.3e9  # a realistic (2B-sized) tower
+
+
+def test_real_2b_preset_is_the_real_architecture_and_vocabulary():
+    """real-2b against the Qwen3-VL-2B config.json shipped in models/configs: every architecture
+    field of both towers, the vocabulary, and so the parameter count."""
+    real = json.loads((Path(synthetic.__file__).parent / "configs" / "qwen3-vl-2b.config.json").read_text())
+    ids = tokenizer_builder.special_token_ids(tokenizer_builder.build_tokenizer())
+    spec = synthetic.resolve_spec("real-2b")
+    ours = synthetic.make_hf_config(spec, ids, spec["vocab_size"])
+    arch = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+            "head_dim", "rope_theta", "rms_norm_eps", "vocab_size", "tie_word_embeddings")
+    assert {k: ours["text_config"][k] for k in arch} == {k: real["text_config"].get(k, real.get(k)) for k in arch}
+    assert ours["text_config"]["rope_scaling"]["mrope_section"] == real["text_config"]["rope_scaling"]["mrope_section"]
+    vision = ("depth", "hidden_size", "intermediate_size", "num_heads", "num_position_embeddings",
+              "deepstack_visual_indexes", "out_hidden_size", "patch_size", "spatial_merge_size")
+    assert {k: ours["vision_config"][k] for k in vision} == {k: real["vision_config"][k] for k in vision}
+    counts = synthetic.count_parameters("real-2b")
+    assert 1.6e9 < counts["text"] < 1.8e9 and 0.3e9 < counts["vision"] < 0.5e9
 
 
 def test_dict_config_overrides_tiny(tmp_path):

@@ -141,15 +141,21 @@ def _expand_labels(labels: list[int], ids: list[int], expanded: list[int], image
 
 
 def train(size: str, out: str | Path, *, steps: int | None = None, batch_size: int = 16, lr: float | None = None,
-          seed: int = 0, threads: int | None = None, progress: bool = True, resume: str | Path | None = None) -> dict:
+          seed: int = 0, threads: int | None = None, progress: bool = True, resume: str | Path | None = None,
+          mix: dict[str, float] | None = None) -> dict:
     """Train one model of the pair into `out`; returns the training log (losses per step).
     resume: start from that trained checkpoint of the same size instead of random weights
-    (its log's losses are kept in front of this run's)."""
+    (its log's losses are kept in front of this run's).
+    mix: format -> share of the batches, replacing MIXES[size] (e.g. more reasoning batches)."""
     from tqdm import tqdm
     from transformers import Qwen3VLForConditionalGeneration
 
     if size not in SPECS:
         raise ValueError(f"model must be one of {tuple(SPECS)}, got {size!r}")
+    if mix is not None:
+        unknown = set(mix) - set(MIXES[size])
+        if unknown or not mix or min(mix.values()) < 0 or sum(mix.values()) <= 0:
+            raise ValueError(f"mix for {size} takes non-negative shares of {sorted(MIXES[size])}, got {mix}")
     steps = steps or DEFAULTS[size]["steps"]
     lr = lr or DEFAULTS[size]["lr"]
     if threads:
@@ -167,10 +173,11 @@ def train(size: str, out: str | Path, *, steps: int | None = None, batch_size: i
         warmup = max(1, steps // 20)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-        formats, weights = zip(*MIXES[size].items())
+        mix = dict(mix or MIXES[size])
+        formats, weights = zip(*mix.items())
         pad_id = examples.processor.pad_token_id or 0
-        log = {"model": size, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "loss": [],
-               "format": []}
+        log = {"model": size, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "mix": mix,
+               "loss": [], "format": []}
         if resume is not None:
             before = json.loads((Path(resume) / "train_log.json").read_text())
             log["resumed"] = {k: v for k, v in before.items() if k != "loss"}
@@ -257,6 +264,13 @@ def plot_loss(log: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _parse_mix(text: str) -> dict[str, float]:
+    try:
+        return {k.strip(): float(v) for k, v in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--mix takes format=share pairs separated by commas, got {text!r}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="train the SynthVQA small / large Qwen3-VL pair")
     parser.add_argument("--model", choices=["small", "large", "both"], default="both")
@@ -267,10 +281,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", default=None, help="continue from this trained checkpoint (one --model)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (1 is fastest on a busy CPU)")
+    parser.add_argument("--mix", default=None, type=_parse_mix,
+                        help="batch shares per format, e.g. brief=0.25,reason=0.35,reasoned=0.1,transfer=0.3")
     args = parser.parse_args(argv)
     for size in (["small", "large"] if args.model == "both" else [args.model]):
         log = train(size, Path(args.out) / f"synthvqa-{size}", steps=args.steps, batch_size=args.batch_size,
-                    lr=args.lr, seed=args.seed, threads=args.threads, resume=args.resume)
+                    lr=args.lr, seed=args.seed, threads=args.threads, resume=args.resume, mix=args.mix)
         print(f"{size}: {log['steps']} steps in {log['seconds']} s, final loss "
               f"{sum(log['loss'][-20:]) / len(log['loss'][-20:]):.4f}")
     return 0

@@ -2,6 +2,7 @@
 import json
 import math
 
+import pytest
 import torch
 
 from baton.engine import synthvqa_train
@@ -56,3 +57,13 @@ def test_training_sequences_use_the_engine_prompts(tmp_path):
     assert tok.decode(target, skip_special_tokens=False) == item.answer + "<|im_end|>"
     ids, labels, _ = ex.sequence(item, "reason", random.Random(0))
     assert tok.decode([t for t in labels if t != -100], skip_special_tokens=False) == item.reasoning + "</think>"
+
+
+def test_mix_sets_the_formats_trained_and_bad_mixes_are_refused(tmp_path):
+    log = synthvqa_train.train("small", tmp_path / "s", steps=3, batch_size=2, seed=2, progress=False,
+                               mix={"reason": 1.0, "brief": 0.0})
+    assert log["format"] == ["reason"] * 3 and log["mix"] == {"reason": 1.0, "brief": 0.0}
+    for bad in ({"transfer": 1.0}, {}, {"brief": -1.0, "reason": 2.0}):  # transfer is the large model's only
+        with pytest.raises(ValueError, match="mix for small"):
+            synthvqa_train.train("small", tmp_path / "x", steps=1, mix=bad, progress=False)
+    assert synthvqa_train._parse_mix("brief=0.25, reason=0.75") == {"brief": 0.25, "reason": 0.75}

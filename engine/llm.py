@@ -89,13 +89,6 @@ def _available_memory(device: torch.device) -> int:
         return 4 << 30
 
 
-def _stats_columns(rows: list[tuple] | None) -> dict[str, list[float]] | None:
-    if rows is None:
-        return None
-    names = ("entropy", "max_prob", "margin", "logprob")
-    return {name: [r[i] for r in rows] for i, name in enumerate(names)}
-
-
 def default_kv_cache_bytes(device: torch.device, bytes_per_full_seq: int, max_num_seqs: int) -> int:
     """Enough for max_num_seqs full-length sequences, capped by a share of free memory (90% on
     a GPU, where weights are already resident; on the CPU 25% and at most CPU_KV_CAP_BYTES,
@@ -384,7 +377,8 @@ class LLM:
             logprobs=None if seq.logprobs is None else list(seq.logprobs),
             metrics=seq.metrics,
             num_vision_encoder_calls=seq.vision_encoder_calls,
-            token_stats=_stats_columns(seq.token_stats),  # so far: a streaming selector reads them
+            # so far (a streaming selector reads them): copies of the sequence's columns
+            token_stats=None if seq.token_stats is None else {k: list(v) for k, v in seq.token_stats.items()},
             delta=delta,
         )
 

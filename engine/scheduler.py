@@ -127,7 +127,8 @@ class Scheduler:
             if seq.logprobs is not None:
                 seq.logprobs.append(r.logprobs)
             if seq.token_stats is not None:
-                seq.token_stats.append(r.token_stats)
+                for column, value in zip(seq.token_stats.values(), r.token_stats):
+                    column.append(value)
             reason = self._stop_reason(seq, r.token_id)
             if reason is not None:
                 seq.finish_reason = reason

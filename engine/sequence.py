@@ -10,6 +10,9 @@ import torch
 from baton.engine.outputs import RequestMetrics
 from baton.engine.sampling_params import SamplingParams
 
+# SamplingParams(token_stats=True): the per-token values, in the sampler's tuple order
+TOKEN_STATS = ("entropy", "max_prob", "margin", "logprob")
+
 
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
@@ -53,7 +56,10 @@ class Sequence:
         self.error: str | None = None
         self.logprobs: list[dict[int, float]] | None = [] if params.logprobs is not None else None
         # per generated token (entropy, max_prob, margin, logprob), with SamplingParams(token_stats=True)
-        self.token_stats: list[tuple[float, float, float, float]] | None = [] if params.token_stats else None
+        # kept as columns, one value appended per token, so each output copies lists (C speed)
+        # instead of transposing rows in Python on every step
+        self.token_stats: dict[str, list[float]] | None = (
+            {name: [] for name in TOKEN_STATS} if params.token_stats else None)
         self.vision_encoder_calls = 0
         self.metrics = RequestMetrics(arrival_time=time.perf_counter())
         self.generator: torch.Generator | None = None  # created by the sampler on first use (seeded)

@@ -6,6 +6,12 @@ with each model's reasoning length estimated online (an exponential moving avera
 reasoning stages seen so far; the prior is the reasoning token limit) and each engine's
 current load (sequences running or waiting there) as the decode batch.
 
+When both engines share one device (`shared_device`, the default when they sit on the same
+one), the pipeline steps them in turn, so every decode step of a path also waits for one step
+of the other engine's running sequences: a path's prediction adds those steps whenever the
+other engine has work. Without this, a loaded small engine sent requests to large-reason,
+whose decode then slowed every transfer sharing the device.
+
 The default cost model is engine/analysis's calibrated FLOPs/bytes model (a device preset's
 time model), scaled online per model and phase by the ratio of measured to predicted
 seconds of the stages that ran, so it converges to this machine's actual speed. Any object
@@ -90,31 +96,43 @@ class AnalyticCostModel:
 
 
 class LatencyRouter:
-    def __init__(self, cost_model, reason_prior, ema: float = 0.3):
-        """reason_prior: the reasoning length assumed before any is seen (int, or per model)."""
+    def __init__(self, cost_model, reason_prior, ema: float = 0.3, shared_device: bool = False):
+        """reason_prior: the reasoning length assumed before any is seen (int, or per model).
+        shared_device: the engines step in turn on one device (see the module docstring)."""
         self.cost = cost_model
         prior = reason_prior if isinstance(reason_prior, dict) else {"small": reason_prior, "large": reason_prior}
         self.reason_tokens = {m: float(prior[m]) for m in ("small", "large")}
         self.ema = ema
+        self.shared_device = shared_device
 
     def predict(self, shape: PathShape, load: dict[str, int]) -> dict[str, float]:
         c, s = self.cost, shape
         n_small, n_large = round(self.reason_tokens["small"]), round(self.reason_tokens["large"])
         batch = {m: load.get(m, 0) + 1 for m in ("small", "large")}
+        # the other engine's context, for its interleaved steps: its reasoning prompt, a proxy
+        other_context = {"small": s.large_reason_prompt, "large": s.small_reason_prompt}
+
+        def decode(model: str, context: int, tokens: int) -> float:
+            t = c.decode(model, context, tokens, batch[model])
+            other = "large" if model == "small" else "small"
+            if self.shared_device and load.get(other, 0) > 0:
+                t += c.decode(other, other_context[model], tokens, load[other])
+            return t
+
         moved = n_small if s.transfer_fraction >= 1 else max(1, round(s.transfer_fraction * n_small))
         if s.transfer_cap is not None:
             moved = min(moved, s.transfer_cap)
         left = moved if s.streamed_tokens is None else min(moved, s.streamed_tokens)
         final_prefix = s.transfer_prompt + moved - left
         transfer = (c.prefill("small", s.small_reason_prompt - s.small_reason_cached, s.small_reason_cached)
-                    + c.decode("small", s.small_reason_prompt, n_small, batch["small"])
+                    + decode("small", s.small_reason_prompt, n_small)
                     + c.prefill("large", left + s.close_tokens, final_prefix)
-                    + c.decode("large", final_prefix + left + s.close_tokens, s.answer_tokens - 1, batch["large"]))
+                    + decode("large", final_prefix + left + s.close_tokens, s.answer_tokens - 1))
         after = s.large_reason_prompt + n_large
         large = (c.prefill("large", s.large_reason_prompt - s.large_reason_cached, s.large_reason_cached)
-                 + c.decode("large", s.large_reason_prompt, n_large, batch["large"])
+                 + decode("large", s.large_reason_prompt, n_large)
                  + c.prefill("large", s.close_tokens, after)
-                 + c.decode("large", after + s.close_tokens, s.answer_tokens - 1, batch["large"]))
+                 + decode("large", after + s.close_tokens, s.answer_tokens - 1))
         return {"transfer": transfer, "large-reason": large}
 
     def choose(self, shape: PathShape, load: dict[str, int]) -> RouteDecision:

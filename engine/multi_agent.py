@@ -142,7 +142,8 @@ class MultiAgent:
         self.stream_chunk = stream_chunk
         self.overlap_engines = overlap_engines
         self.router = None if router is None else LatencyRouter(
-            cost_model if cost_model is not None else AnalyticCostModel(self.engines), reason_tokens)
+            cost_model if cost_model is not None else AnalyticCostModel(self.engines), reason_tokens,
+            shared_device=small.device == large.device)
         self.shared_vocab = _same_tokenizer(small.processor.tokenizer, large.processor.tokenizer)
 
     @staticmethod

@@ -59,20 +59,40 @@ def test_slow_small_model_routes_to_large_reasoning(engines):
     assert res.answer == alone.run(question(51), mode="large-reason").answer
 
 
-def test_load_on_the_small_engine_flips_the_choice(engines):
+def run_with_small_busy(engines, cost, shared_device):
     small, _ = engines
-    cost = DecodeOnlyCost(small=0.1, large=0.15)  # idle: transfer 1.45 < large-reason 1.95
-    assert min(expected(cost), key=expected(cost).get) == "transfer"
     busy = [small.add_request("<|im_start|>user\nhi<|im_end|>\n", SamplingParams(max_tokens=200, ignore_eos=True))
             for _ in range(3)]
+    t = team(engines, cost)
+    assert t.router.shared_device  # both engines on the CPU
+    t.router.shared_device = shared_device
     try:
-        res = team(engines, cost).run(question(52))
+        return t.run(question(52))
     finally:
         for rid in busy:
             small.abort(rid)
+
+
+def test_load_on_the_small_engine_flips_the_choice_on_separate_devices(engines):
+    cost = DecodeOnlyCost(small=0.1, large=0.15)  # idle: transfer 1.45 < large-reason 1.95
+    assert min(expected(cost), key=expected(cost).get) == "transfer"
+    res = run_with_small_busy(engines, cost, shared_device=False)
     assert res.route.load["small"] == 3
     assert res.route.predicted == pytest.approx(expected(cost, load_small=3))
     assert res.route.choice == "large-reason" and res.mode == "auto:large-reason"
+
+
+def test_on_a_shared_device_large_reasoning_also_waits_for_the_busy_small_engine(engines):
+    """The engines step in turn: each decode step on the large engine (large-reason's 10 + 3,
+    transfer's 3 answer steps) also runs one step of the 3 sequences on the small engine
+    (0.1 * 3 each); the idle large engine adds nothing to the small one's steps. Transfer stays
+    cheaper (5.35 s against 5.85 s), where separate devices chose large-reason."""
+    cost = DecodeOnlyCost(small=0.1, large=0.15)
+    res = run_with_small_busy(engines, cost, shared_device=True)
+    transfer = 10 * 0.1 * 4 + 3 * 0.15 + 3 * 0.1 * 3
+    large = 10 * 0.15 + 10 * 0.1 * 3 + 3 * 0.15 + 3 * 0.1 * 3
+    assert res.route.predicted == pytest.approx({"transfer": transfer, "large-reason": large})
+    assert res.route.choice == "transfer" and res.mode == "auto:transfer"
 
 
 def test_router_learns_reasoning_lengths_and_cost_scales():

@@ -5,8 +5,8 @@ script answers a queue.
 
     python bench/batched_decode.py [--dtypes bfloat16 float32] [--batches 1 2 4 8 16 32 64]
 
-Per B: ms per decode step (each of the last new_tokens - 1 steps: wall time of B requests for
-new_tokens tokens minus that of B requests for one token), its share of the floor (decoder +
+Per B (best of --repeats): ms per decode step (each of the last new_tokens - 1 steps: wall
+time of B requests for new_tokens tokens minus that of B requests for one token), its share of the floor (decoder +
 head weight bytes / measured read bandwidth), and aggregate tokens/s over the whole run
 (prefill included) against transformers one by one on the same prompts.
 """
@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32, 64])
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--hf-requests", type=int, default=2, help="requests transformers answers one by one")
+    ap.add_argument("--repeats", type=int, default=2, help="best of N runs per figure")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
@@ -79,11 +80,12 @@ def main() -> None:
         llm = LLM(str(path), device="cpu", dtype=dtype, attention_backend="torch", enable_prefix_caching=False,
                   max_num_seqs=max(args.batches))
         floor = weight_bytes(llm.model) / bandwidth
-        baton_run(llm, max(args.batches), 2)  # warm-up: routing measured for every row class
+        for batch in args.batches:  # warm-up: the routing measures each row class on first use
+            baton_run(llm, batch, 2)
         rows = []
         for batch in args.batches:
-            first = baton_run(llm, batch, 1)
-            full = baton_run(llm, batch, args.new_tokens)
+            first = min(baton_run(llm, batch, 1) for _ in range(args.repeats))
+            full = min(baton_run(llm, batch, args.new_tokens) for _ in range(args.repeats))
             step = (full - first) / (args.new_tokens - 1)
             per_step = ([f"{step * 1e3:.1f}", f"{floor * 1e3:.1f}", f"{floor / step:.0%}", f"{batch / step:.1f}"]
                         if step > 0 else ["-", f"{floor * 1e3:.1f}", "-", "-"])  # below timing noise

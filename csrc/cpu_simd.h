@@ -7,13 +7,15 @@
 //
 // Every V has: W (floats per register), kCols (input rows per GEMM tile), reg, zero, set1,
 // load (float or bfloat16, widened to float), fma(a, b, c) = a * b + c, add, store, hsum,
-// prefetch (a hint: one cache line into L1).
+// prefetch (a hint: one cache line into L1). kPairedBf16: whether load_pair(p, even, odd)
+// exists, widening 2W bfloat16 values at once into their even- and odd-indexed lanes.
 #pragma once
 
 #include <c10/util/BFloat16.h>
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace baton::simd {
 
@@ -27,6 +29,7 @@ inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
 struct VecGeneric {
   static constexpr int W = 8;
   static constexpr int kCols = 2;
+  static constexpr bool kPairedBf16 = false;
   struct reg {
     float v[8];
   };
@@ -48,6 +51,13 @@ struct VecGeneric {
       std::memcpy(&r.v[i], &bits, 4);
     }
     return r;
+  }
+  // Defined for the shared body to compile; unused (kPairedBf16 is false).
+  static inline void load_pair(const c10::BFloat16* p, reg& even, reg& odd) {
+    for (int i = 0; i < 8; ++i) {
+      even.v[i] = static_cast<float>(p[2 * i]);
+      odd.v[i] = static_cast<float>(p[2 * i + 1]);
+    }
   }
   static inline reg fma(reg a, reg b, reg c) {
     for (int i = 0; i < 8; ++i) c.v[i] += a.v[i] * b.v[i];
@@ -83,6 +93,7 @@ struct VecAvx2 {
   static constexpr int W = 8;
   // R = 4 weight rows x 3 input rows fill the 16 ymm registers (12 sums, 3 inputs, 1 weight).
   static constexpr int kCols = 3;
+  static constexpr bool kPairedBf16 = true;
   using reg = __m256;
   BATON_AVX2 static inline reg zero() { return _mm256_setzero_ps(); }
   BATON_AVX2 static inline reg set1(float a) { return _mm256_set1_ps(a); }
@@ -91,6 +102,12 @@ struct VecAvx2 {
   BATON_AVX2 static inline reg load(const c10::BFloat16* p) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  // 16 bfloat16 values: each 32-bit lane holds values 2i (low half) and 2i + 1 (high half).
+  BATON_AVX2 static inline void load_pair(const c10::BFloat16* p, reg& even, reg& odd) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    even = _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+    odd = _mm256_castsi256_ps(_mm256_and_si256(h, _mm256_set1_epi32(static_cast<int>(0xFFFF0000u))));
   }
   BATON_AVX2 static inline reg fma(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
   BATON_AVX2 static inline reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
@@ -108,6 +125,7 @@ struct VecAvx512 {
   static constexpr int W = 16;
   // 32 zmm registers: 4 x 4 tiles (16 sums, 4 inputs, 1 weight) with room to spare.
   static constexpr int kCols = 4;
+  static constexpr bool kPairedBf16 = true;
   using reg = __m512;
   BATON_AVX512 static inline reg zero() { return _mm512_setzero_ps(); }
   BATON_AVX512 static inline reg set1(float a) { return _mm512_set1_ps(a); }
@@ -115,6 +133,11 @@ struct VecAvx512 {
   BATON_AVX512 static inline reg load(const c10::BFloat16* p) {
     const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  BATON_AVX512 static inline void load_pair(const c10::BFloat16* p, reg& even, reg& odd) {
+    const __m512i h = _mm512_loadu_si512(reinterpret_cast<const void*>(p));
+    even = _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+    odd = _mm512_castsi512_ps(_mm512_and_si512(h, _mm512_set1_epi32(static_cast<int>(0xFFFF0000u))));
   }
   BATON_AVX512 static inline reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   BATON_AVX512 static inline reg add(reg a, reg b) { return _mm512_add_ps(a, b); }

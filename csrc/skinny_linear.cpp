@@ -21,6 +21,9 @@
 #include "cpu_isa.h"
 #include "cpu_simd.h"
 
+#include <type_traits>
+#include <vector>
+
 namespace baton {
 namespace {
 
@@ -119,10 +122,26 @@ void rows(const BF* x, int64_t M, const BF* w, int64_t K, const float* bias, YT*
 #pragma GCC pop_options
 #endif
 
-// The widening paths: x as float32, w of type WT, y of type YT.
+// The widening paths: x as float32, w of type WT, y of type YT. With bfloat16 weights the
+// vector paths read x rearranged for their paired loads (pair_permute, M x K floats: small
+// beside the weight).
 template <typename WT, typename YT>
 void widening(Isa isa, const float* x, int64_t M, const WT* w, int64_t K, const float* bias, YT* y,
               int64_t N) {
+#if defined(__x86_64__)
+  std::vector<float> permuted;
+  if constexpr (std::is_same_v<WT, c10::BFloat16>) {
+    if (isa >= Isa::kAvx2) {
+      permuted.resize(static_cast<size_t>(M * K));
+      if (isa >= Isa::kAvx512) {
+        avx512::pair_permute(x, permuted.data(), M, K);
+      } else {
+        avx2::pair_permute(x, permuted.data(), M, K);
+      }
+      x = permuted.data();
+    }
+  }
+#endif
   at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) {
 #if defined(__x86_64__)
     if (isa >= Isa::kAvx512) return avx512::rows(x, M, w, K, bias, y, N, n0, n1);

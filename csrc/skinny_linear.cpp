@@ -122,16 +122,17 @@ void rows(const BF* x, int64_t M, const BF* w, int64_t K, const float* bias, YT*
 #pragma GCC pop_options
 #endif
 
-// The widening paths: x as float32, w of type WT, y of type YT. With bfloat16 weights the
-// vector paths read x rearranged for their paired loads (pair_permute, M x K floats: small
-// beside the weight).
+// The widening paths: x as float32, w of type WT, y of type YT. With bfloat16 weights and few
+// rows the vector paths read x rearranged for their paired loads (pair_permute, M x K floats:
+// small beside the weight); with more rows each block of weight rows is widened once.
 template <typename WT, typename YT>
 void widening(Isa isa, const float* x, int64_t M, const WT* w, int64_t K, const float* bias, YT* y,
               int64_t N) {
 #if defined(__x86_64__)
   std::vector<float> permuted;
   if constexpr (std::is_same_v<WT, c10::BFloat16>) {
-    if (isa >= Isa::kAvx2) {
+    const bool paired = isa >= Isa::kAvx512 ? !avx512::widen_once(M) : !avx2::widen_once(M);
+    if (isa >= Isa::kAvx2 && paired) {
       permuted.resize(static_cast<size_t>(M * K));
       if (isa >= Isa::kAvx512) {
         avx512::pair_permute(x, permuted.data(), M, K);

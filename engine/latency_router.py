@@ -10,7 +10,9 @@ When both engines share one device (`shared_device`, the default when they sit o
 one), the pipeline steps them in turn, so every decode step of a path also waits for one step
 of the other engine's running sequences: a path's prediction adds those steps whenever the
 other engine has work. Without this, a loaded small engine sent requests to large-reason,
-whose decode then slowed every transfer sharing the device.
+whose decode then slowed every transfer sharing the device. On a shared device the choice
+also counts the time the path's own steps add for every other running sequence (`imposed`):
+mixing paths makes both engines step, and each sequence waits for both.
 
 The default cost model is engine/analysis's calibrated FLOPs/bytes model (a device preset's
 time model), scaled online per model and phase by the ratio of measured to predicted
@@ -20,7 +22,7 @@ num_tokens, batch)` (seconds) can replace it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 PATHS = ("transfer", "large-reason")
 
@@ -32,6 +34,9 @@ class RouteDecision:
     reason_tokens: dict[str, float]  # the reasoning lengths the prediction assumed
     load: dict[str, int]             # other sequences on each engine at the decision
     actual_seconds: float | None = None  # measured, once the chosen path finished
+    # shared device: seconds each path's steps add for all the other running sequences; the
+    # choice minimises predicted + imposed
+    imposed: dict[str, float] = field(default_factory=dict)
 
     @property
     def predicted_chosen(self) -> float:
@@ -135,10 +140,29 @@ class LatencyRouter:
                  + decode("large", after + s.close_tokens, s.answer_tokens - 1))
         return {"transfer": transfer, "large-reason": large}
 
+    def imposed(self, shape: PathShape, load: dict[str, int]) -> dict[str, float]:
+        """Per path, on a shared device: every other running sequence waits for what this
+        request's decode steps add to each step (its batch share where that engine steps anyway,
+        the whole step where it would have been idle)."""
+        c, s = self.cost, shape
+        n_small, n_large = round(self.reason_tokens["small"]), round(self.reason_tokens["large"])
+        others = load.get("small", 0) + load.get("large", 0)
+
+        def added(model: str, context: int, tokens: int) -> float:
+            busy = load.get(model, 0)
+            with_us = c.decode(model, context, tokens, busy + 1)
+            return with_us - (c.decode(model, context, tokens, busy) if busy else 0.0)
+
+        transfer = (added("small", s.small_reason_prompt, n_small)
+                    + added("large", s.transfer_prompt, s.answer_tokens - 1))
+        large = added("large", s.large_reason_prompt, n_large + s.answer_tokens - 1)
+        return {"transfer": others * transfer, "large-reason": others * large}
+
     def choose(self, shape: PathShape, load: dict[str, int]) -> RouteDecision:
         predicted = self.predict(shape, load)
-        choice = min(PATHS, key=lambda p: (predicted[p], PATHS.index(p)))
-        return RouteDecision(choice, predicted, dict(self.reason_tokens), dict(load))
+        imposed = self.imposed(shape, load) if self.shared_device else {p: 0.0 for p in PATHS}
+        choice = min(PATHS, key=lambda p: (predicted[p] + imposed[p], PATHS.index(p)))
+        return RouteDecision(choice, predicted, dict(self.reason_tokens), dict(load), imposed=imposed)
 
     def observe(self, stages) -> None:
         """Learns from a finished request's stage records: reasoning lengths, cost-model scales."""

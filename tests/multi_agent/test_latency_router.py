@@ -77,7 +77,7 @@ def test_load_on_the_small_engine_flips_the_choice_on_separate_devices(engines):
     cost = DecodeOnlyCost(small=0.1, large=0.15)  # idle: transfer 1.45 < large-reason 1.95
     assert min(expected(cost), key=expected(cost).get) == "transfer"
     res = run_with_small_busy(engines, cost, shared_device=False)
-    assert res.route.load["small"] == 3
+    assert res.route.load["small"] == 3 and res.route.imposed == {"transfer": 0.0, "large-reason": 0.0}
     assert res.route.predicted == pytest.approx(expected(cost, load_small=3))
     assert res.route.choice == "large-reason" and res.mode == "auto:large-reason"
 
@@ -92,6 +92,10 @@ def test_on_a_shared_device_large_reasoning_also_waits_for_the_busy_small_engine
     transfer = 10 * 0.1 * 4 + 3 * 0.15 + 3 * 0.1 * 3
     large = 10 * 0.15 + 10 * 0.1 * 3 + 3 * 0.15 + 3 * 0.1 * 3
     assert res.route.predicted == pytest.approx({"transfer": transfer, "large-reason": large})
+    # the 3 busy sequences wait for what this request adds: one small batch share per reasoning
+    # step (the small engine steps anyway), whole large steps (the large engine was idle)
+    assert res.route.imposed == pytest.approx({"transfer": 3 * (10 * 0.1 + 3 * 0.15),
+                                               "large-reason": 3 * (13 * 0.15)})
     assert res.route.choice == "transfer" and res.mode == "auto:transfer"
 
 

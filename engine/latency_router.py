@@ -110,9 +110,13 @@ class LatencyRouter:
         self.ema = ema
         self.shared_device = shared_device
 
+    def _reason_lengths(self) -> tuple[int, int]:
+        """The small and the large model's expected reasoning tokens (online estimates)."""
+        return round(self.reason_tokens["small"]), round(self.reason_tokens["large"])
+
     def predict(self, shape: PathShape, load: dict[str, int]) -> dict[str, float]:
         c, s = self.cost, shape
-        n_small, n_large = round(self.reason_tokens["small"]), round(self.reason_tokens["large"])
+        n_small, n_large = self._reason_lengths()
         batch = {m: load.get(m, 0) + 1 for m in ("small", "large")}
         # the other engine's context, for its interleaved steps: its reasoning prompt, a proxy
         other_context = {"small": s.large_reason_prompt, "large": s.small_reason_prompt}
@@ -145,7 +149,7 @@ class LatencyRouter:
         request's decode steps add to each step (its batch share where that engine steps anyway,
         the whole step where it would have been idle)."""
         c, s = self.cost, shape
-        n_small, n_large = round(self.reason_tokens["small"]), round(self.reason_tokens["large"])
+        n_small, n_large = self._reason_lengths()
         others = load.get("small", 0) + load.get("large", 0)
 
         def added(model: str, context: int, tokens: int) -> float:

@@ -9,6 +9,8 @@
 
 #include "cpu_elementwise.h"
 #include "cpu_isa.h"
+#include "decode_checks.h"
+#include "decode_stack.h"
 #include "paged_decode_cpu.h"
 #include "rms_norm_cpu.h"
 #include "scoring.h"
@@ -166,18 +168,7 @@ at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache
                     B);
   const at::Tensor tables = block_tables.contiguous();
   const at::Tensor lens = context_lens.contiguous();
-  const int32_t* tp = tables.data_ptr<int32_t>();
-  const int32_t* lp = lens.data_ptr<int32_t>();
-  for (int64_t b = 0; b < B; ++b) {  // every block the kernel will read must exist
-    TORCH_CHECK_VALUE(lp[b] >= 0 && lp[b] <= tables.size(1) * block_size, op, ": context_lens[",
-                      b, "] = ", lp[b], " does not fit ", tables.size(1), " blocks of ",
-                      block_size);
-    for (int64_t i = 0; i < (lp[b] + block_size - 1) / block_size; ++i) {
-      const int32_t id = tp[b * tables.size(1) + i];
-      TORCH_CHECK_VALUE(id >= 0 && id < num_blocks, op, ": block_tables[", b, ", ", i, "] = ",
-                        id, " is not a block of the cache (", num_blocks, " blocks)");
-    }
-  }
+  baton::check_decode_tables(tables, lens, num_blocks, block_size, op);
   return baton::paged_decode_cpu(q.contiguous(), k_cache, v_cache, tables, lens, scale);
 }
 
@@ -241,12 +232,25 @@ void store_kv(const at::Tensor& k, const at::Tensor& v, at::Tensor k_cache, at::
                         slot_mapping.scalar_type() == at::kLong && slot_mapping.is_cpu(),
                     op, ": slot_mapping must be int64 [", N, "] on the CPU");
   const at::Tensor slots = slot_mapping.contiguous();
-  const int64_t capacity = k_cache.size(0) * k_cache.size(1);
-  const int64_t* sp = slots.data_ptr<int64_t>();
-  for (int64_t i = 0; i < N; ++i)
-    TORCH_CHECK_VALUE(sp[i] < capacity, op, ": slot_mapping[", i, "] = ", sp[i], " is past the cache (",
-                      capacity, " slots)");
+  baton::check_slots(slots, k_cache.size(0) * k_cache.size(1), op);
   baton::store_kv_cpu(k.contiguous(), v.contiguous(), k_cache, v_cache, slots);
+}
+
+// layers: per layer [input_norm, qkv, qkv_bias, q_norm, k_norm, o, o_bias, post_norm, gate_up,
+// down, k_cache, v_cache], biases None where absent.
+baton::DecodeStack make_decode_stack(const std::vector<std::vector<std::optional<at::Tensor>>>& layers,
+                                     int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, double eps,
+                                     double scale) {
+  std::vector<baton::DecodeLayerTensors> out;
+  out.reserve(layers.size());
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const auto& l = layers[i];
+    TORCH_CHECK_VALUE(l.size() == 12, "DecodeStack: layer ", i, " needs 12 entries, got ", l.size());
+    auto get = [&](size_t j) { return l[j].has_value() ? *l[j] : at::Tensor(); };
+    out.push_back({get(0), get(1), get(2), get(3), get(4), get(5), get(6), get(7), get(8), get(9), get(10),
+                   get(11)});
+  }
+  return baton::DecodeStack(std::move(out), num_heads, num_kv_heads, head_dim, eps, scale);
 }
 
 std::string cpu_isa() { return baton::cpu::isa_name(baton::cpu::active_isa()); }
@@ -306,6 +310,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("q"), py::arg("k"), py::arg("cos"), py::arg("sin"));
   m.def("store_kv", &store_kv, "CPU paged KV-cache store: token i to slot slot_mapping[i] (< 0: skip)",
         py::arg("k"), py::arg("v"), py::arg("k_cache"), py::arg("v_cache"), py::arg("slot_mapping"));
+  py::class_<baton::DecodeStack>(m, "DecodeStack",
+                                 "every layer of a Qwen3 text decoder for one CPU decode step "
+                                 "(models/native_decode.py)")
+      .def(py::init(&make_decode_stack), py::arg("layers"), py::arg("num_heads"), py::arg("num_kv_heads"),
+           py::arg("head_dim"), py::arg("eps"), py::arg("scale"))
+      .def("forward", &baton::DecodeStack::forward,
+           "(x [B, hidden], cos, sin, slots, block_tables, context_lens, native: 4 bools) -> "
+           "(x, residual) after the last layer",
+           py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("slots"), py::arg("block_tables"),
+           py::arg("context_lens"), py::arg("native"), py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("num_layers", &baton::DecodeStack::num_layers);
   m.def("cpu_isa", &cpu_isa, "the instruction-set path the CPU kernels run now");
   m.def("cpu_isa_detected", &cpu_isa_detected, "the best instruction-set path this CPU runs");
   m.def("cpu_isa_levels", &baton::cpu::runnable_isas, "every path this CPU runs, lowest first");

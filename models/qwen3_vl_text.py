@@ -11,6 +11,7 @@ from torch import nn
 
 from baton.models.attention import AttentionMetadata, PagedAttention
 from baton.models.config import TextConfig, rope_inv_freq
+from baton.models.native_decode import NativeDecode
 from baton.models.ops_linear import OpsLinear
 
 
@@ -93,6 +94,7 @@ class TextDecoder(nn.Module):
         # a buffer, so it lives on the model's device: no host->device copy per forward (which
         # a captured CUDA graph cannot hold); non-persistent, so checkpoints never carry it
         self.register_buffer("inv_freq", rope_inv_freq(cfg.head_dim, cfg.rope_theta), persistent=False)
+        self.native_decode = NativeDecode(self)
 
     def reset_buffers(self) -> None:
         """Recomputes buffers derived from the config (models.factory calls it after to_empty,
@@ -111,6 +113,10 @@ class TextDecoder(nn.Module):
         """embeds [N, hidden]; positions int64 [3, N]; visual_index int64 [M] rows of this step's
         visual tokens and deepstack[i] [M, hidden] their features for layer i. Returns [N, hidden]."""
         cos, sin = self.ops.mrope_cos_sin(positions, self.inv_freq, self.cfg.mrope_section)
+        if self.native_decode.applies(embeds, cos, meta, kv_caches, visual_index):
+            x, residual = self.native_decode(embeds, cos, sin, kv_caches, meta)
+            x, _ = self.norm(x, residual)
+            return x
         x, residual = embeds, None
         for i, layer in enumerate(self.layers):
             x, residual = layer(x, residual, cos, sin, kv_caches[i], meta)

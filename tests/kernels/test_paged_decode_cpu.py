@@ -97,6 +97,9 @@ def test_engine_greedy_tokens_equal_the_torch_path(tiny_llm_factory, monkeypatch
             return native.paged_decode_attention(*args)
 
     monkeypatch.setattr(paged_decode_cpu, "_native", Counting())
+    # the per-op path: the native decode stack bypasses these wrappers (and equals this path,
+    # tests/models/test_native_decode.py)
+    monkeypatch.setenv("BATON_NATIVE_DECODE", "0")
     fast = [o.token_ids for o in tiny_llm_factory().generate(prompts, params)]
     assert calls
     monkeypatch.setattr(paged_decode_cpu, "NATIVE_AVAILABLE", False)

@@ -1,0 +1,49 @@
+// Every layer of a Qwen3 text decoder for one pure decode step, in one native call; see
+// decode_stack.cpp.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <tuple>
+#include <vector>
+
+namespace baton {
+
+// One layer's parameters and KV cache. Biases may be undefined (no bias).
+struct DecodeLayerTensors {
+  at::Tensor input_norm, qkv, qkv_bias, q_norm, k_norm, o, o_bias, post_norm, gate_up, down;
+  at::Tensor k_cache, v_cache;
+};
+
+// Which of the four products per layer (qkv, o, gate_up, down) run the skinny GEMM; the
+// others run at::linear (kernels/cpu_routing.py measures which is faster).
+using LinearRoutes = std::array<bool, 4>;
+
+class DecodeStack {
+ public:
+  // Shapes: weights [out, in] as in the checkpoint (qkv and gate_up fused), norms [size],
+  // caches [blocks, block_size, Hkv, head_dim]; one dtype (float32 or bfloat16), contiguous,
+  // CPU. Checked here; a mismatch raises ValueError. scale: the attention's softmax scale.
+  DecodeStack(std::vector<DecodeLayerTensors> layers, int64_t num_heads, int64_t num_kv_heads,
+              int64_t head_dim, double eps, double scale);
+
+  // x [B, hidden] (the token embeddings), cos/sin float32 [B, head_dim/2], slots int64 [B]
+  // (< 0: store nothing), block_tables int32 [B, max_blocks], context_lens int32 [B] (keys
+  // per sequence, this token included; 0: a zero row). -> (x, residual) after the last layer:
+  // the decoder's output is final_norm(x + residual).
+  std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& x, const at::Tensor& cos,
+                                             const at::Tensor& sin, const at::Tensor& slots,
+                                             const at::Tensor& block_tables,
+                                             const at::Tensor& context_lens,
+                                             LinearRoutes native) const;
+
+  int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+
+ private:
+  std::vector<DecodeLayerTensors> layers_;
+  int64_t heads_, kv_heads_, head_dim_, hidden_, inter_;
+  double eps_, scale_;
+};
+
+}  // namespace baton

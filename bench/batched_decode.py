@@ -8,7 +8,8 @@ script answers a queue.
 Per B (best of --repeats): ms per decode step (each of the last new_tokens - 1 steps: wall
 time of B requests for new_tokens tokens minus that of B requests for one token), its share of the floor (decoder +
 head weight bytes / measured read bandwidth), and aggregate tokens/s over the whole run
-(prefill included) against transformers one by one on the same prompts.
+(prefill included) against transformers one by one on the same prompts; decode tokens/s (B / step)
+against transformers' batch-1 decode tokens/s.
 """
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ def baton_run(llm: LLM, batch: int, new_tokens: int) -> float:
     return wall
 
 
-def transformers_tok_s(path, dtype: str, new_tokens: int, requests: int) -> float:
-    """Tokens/s of transformers generate answering `requests` prompts one after another."""
+def transformers_tok_s(path, dtype: str, new_tokens: int, requests: int) -> tuple[float, float]:
+    """Tokens/s of transformers generate answering `requests` prompts one after another, and
+    its decode-only tokens/s at batch 1 (the time of new_tokens minus that of one token)."""
     from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
 
     tok = AutoTokenizer.from_pretrained(str(path))
@@ -57,7 +59,14 @@ def transformers_tok_s(path, dtype: str, new_tokens: int, requests: int) -> floa
                 model.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                                pad_token_id=0)
 
-    return requests * new_tokens / median_time(serve, repeats=1, warmup=1)
+    def one(n):
+        ids = tok(prompts(1)[0], return_tensors="pt")
+        with torch.inference_mode():
+            model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+
+    served = requests * new_tokens / median_time(serve, repeats=1, warmup=1)
+    step = median_time(lambda: one(new_tokens), repeats=2) - median_time(lambda: one(1), repeats=2)
+    return served, (new_tokens - 1) / step
 
 
 def main() -> None:
@@ -91,12 +100,14 @@ def main() -> None:
                         if step > 0 else ["-", f"{floor * 1e3:.1f}", "-", "-"])  # below timing noise
             rows.append([batch, *per_step, f"{batch * args.new_tokens / full:.1f}"])
         del llm
-        hf = transformers_tok_s(path, dtype, args.new_tokens, args.hf_requests)
+        hf, hf_decode = transformers_tok_s(path, dtype, args.new_tokens, args.hf_requests)
         for row in rows:
-            row.append(f"{float(row[-1]) / hf:.1f}x")
-        print(f"\n{dtype}: transformers one by one {hf:.1f} tok/s ({args.new_tokens} tokens per request)")
+            row.append(f"{float(row[4]) / hf_decode:.1f}x" if row[4] != "-" else "-")
+            row.append(f"{float(row[5]) / hf:.1f}x")
+        print(f"\n{dtype}: transformers one by one {hf:.1f} tok/s with prefill ({args.new_tokens} tokens per "
+              f"request), {hf_decode:.1f} decode tok/s")
         print_table(["batch", "ms/step", "floor ms", "floor/step", "decode tok/s", "tok/s (with prefill)",
-                     "vs HF one by one"], rows)
+                     "decode vs HF decode", "vs HF one by one"], rows)
 
 
 if __name__ == "__main__":

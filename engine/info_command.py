@@ -50,6 +50,9 @@ def collect() -> dict:
                   "isa_detected": cpu_isa.detected(), "isa_active": None if isa_error else cpu_isa.active(),
                   "isa_runnable": cpu_isa.levels(), "kernel_paths": {} if isa_error else cpu_isa.kernel_paths(),
                   "isa_error": isa_error, "amx_path": "not built", "isa_env": os.environ.get(cpu_isa.ENV)}
+    from baton.models import native_decode
+
+    info["decode_stack"] = native_decode.status()
     path = cpu_routing.cache_path()
     info["routing"] = {"mode": os.environ.get(cpu_routing.ENV_MODE, "auto"), "cache": str(path),
                        "cache_exists": path.exists(), "entries": cpu_routing.read_entries(path)}
@@ -70,6 +73,7 @@ def format_text(info: dict) -> str:
         lines.append(f"  error        : {info['isa_error']}")
     for kernel, path in sorted(info["kernel_paths"].items()):
         lines.append(f"  {kernel:<24} {path}")
+    lines.append(f"decode stack   : {info['decode_stack']} (every layer of a CPU decode step in one native call)")
     lines += [
         f"torch          : {info['torch']}, {info['torch_threads']} threads"
         + (f" (OMP_NUM_THREADS={info['omp_num_threads']})" if info["omp_num_threads"] else ""),

@@ -28,6 +28,7 @@ from baton.engine.scheduler import Scheduler
 from baton.engine.sequence import Sequence
 from baton.engine.static_decode import resolve_cuda_graphs, static_decode_for
 from baton.kernels.cpu_routing import cpu_kernel_stats
+from baton.models import native_decode
 from baton.kernels.registry import get_ops, resolve_backend
 from baton.models.config import load_config
 from baton.models.factory import load_model
@@ -489,6 +490,8 @@ class LLM:
             "num_preemptions": self.scheduler.num_preemptions,
             "running": len(self.scheduler.running),
             "waiting": len(self.scheduler.waiting),
-            # the native CPU kernel paths (instruction set, native-or-torch per linear shape class)
-            "cpu_kernels": cpu_kernel_stats() if self.device.type == "cpu" else None,
+            # the native CPU kernel paths (instruction set, native-or-torch per linear shape class,
+            # whether decode steps run as one native call)
+            "cpu_kernels": ({**cpu_kernel_stats(), "decode_stack": native_decode.status()}
+                            if self.device.type == "cpu" else None),
         }

@@ -37,6 +37,14 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1").strip() != "0"
 
 
+def status() -> str:
+    """How CPU decode steps run here: "native", "off (BATON_NATIVE_DECODE=0)" or "not built"
+    (llm.stats()["cpu_kernels"]["decode_stack"], `baton info`)."""
+    if not _kernels_native():
+        return "not built"
+    return "native" if enabled() else f"off ({ENV}=0)"
+
+
 def _kernels_native() -> bool:
     return AVAILABLE and all(m.NATIVE_AVAILABLE for m in (rms_norm_cpu, rotary_cpu, kv_store_cpu, paged_decode_cpu))
 

@@ -57,6 +57,16 @@ def test_native_stack_equals_the_eager_path(tiny_checkpoint, monkeypatch, dtype,
     assert native == eager  # 40 tokens cross two 16-token blocks
 
 
+def test_status_in_stats_and_info(tiny_llm_factory, monkeypatch):
+    from baton.engine.info_command import collect
+
+    llm = tiny_llm_factory()
+    assert llm.stats()["cpu_kernels"]["decode_stack"] == "native"
+    monkeypatch.setenv(native_decode.ENV, "0")
+    assert llm.stats()["cpu_kernels"]["decode_stack"] == "off (BATON_NATIVE_DECODE=0)"
+    assert collect()["decode_stack"] == "off (BATON_NATIVE_DECODE=0)"
+
+
 def test_native_stack_with_attention_biases(bias_checkpoint, monkeypatch):
     llm = make_llm(bias_checkpoint, dtype="float32")
     assert llm.runner.model.language_model.layers[0].self_attn.qkv_proj.bias is not None

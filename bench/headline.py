@@ -20,6 +20,7 @@ the two engines stepped in turn (default) or overlapped in two threads (overlap_
 
     python bench/headline.py --quick            # tiny demo presets, about a minute
     python bench/headline.py                    # pair-0.3b / pair-1.5b, 448 px, lengths 128,512,1024
+    python bench/headline.py --batches 16 --paired --no-ttft   # the router against both fixed paths, side by side
 """
 from __future__ import annotations
 
@@ -98,11 +99,12 @@ class Bench:
         return MultiAgent(self.small, self.large, reason_max_tokens={"small": ls, "large": ll},
                           brief_max_tokens=self.args.brief_tokens, exact_lengths=True, **kw)
 
-    def run(self, team: MultiAgent, mode: str, n: int):
+    def run(self, team: MultiAgent, mode: str, n: int, repeats: int | None = None):
         """Mean per-request seconds of n concurrent requests, and their results: the best of
-        --repeats runs (new images each time), which damps other jobs on a shared machine."""
+        `repeats` (default --repeats) runs (new images each time), which damps other jobs on a
+        shared machine."""
         best = None
-        for _ in range(self.args.repeats):
+        for _ in range(repeats or self.args.repeats):
             questions = self.questions(n)
             results = team.run_batch(questions, mode=mode)
             self.images.update({id(r): q[0]["content"][0]["image"] for r, q in zip(results, questions)})
@@ -156,6 +158,8 @@ def measure_batch(bench: Bench, b: int, lengths, rates):
                     m["route"][(ls, ll, r)] = (f"{route.choice} pred {route.predicted_chosen:.2f}s"
                                                f" act {route.actual_seconds:.2f}s")
         return m
+    if bench.args.paired:
+        return measure_paired(bench, b, lengths, rates, m)
     for r in rates:
         for ls in lengths:
             t = bench.run(bench.team(ls, top, agreement=CountingAgreement(r)), "auto", b)[0]
@@ -171,9 +175,34 @@ def measure_batch(bench: Bench, b: int, lengths, rates):
                 t, res = bench.run(bench.team(ls, ll, agreement=CountingAgreement(r), router="latency",
                                               cost_model=bench.cost), "auto", b)
                 m["router"][(ls, ll, r)] = t
-                choices = [x.route.choice for x in res if x.route is not None]
-                m["route"][(ls, ll, r)] = (f"{choices.count('transfer')}T/{choices.count('large-reason')}L"
-                                           if choices else "-")
+                m["route"][(ls, ll, r)] = route_counts(res)
+    return m
+
+
+def route_counts(results) -> str:
+    choices = [x.route.choice for x in results if x.route is not None]
+    return f"{choices.count('transfer')}T/{choices.count('large-reason')}L" if choices else "-"
+
+
+def measure_paired(bench: Bench, b: int, lengths, rates, m):
+    """--paired: auto, auto->LR and the router of each cell run back to back, in an order that
+    rotates each repeat, best of --repeats each, so the machine's drift hits all three alike
+    (unpaired, one auto run per small length stands for every large length)."""
+    for r in rates:
+        for ls in lengths:
+            for ll in lengths:
+                kws = {"auto": {}, "auto-lr": dict(router="latency", cost_model=Prefer("large-reason")),
+                       "router": dict(router="latency", cost_model=bench.cost)}
+                order, best = list(kws), {}
+                for i in range(bench.args.repeats):
+                    for key in order[i % 3:] + order[:i % 3]:
+                        team = bench.team(ls, ll, agreement=CountingAgreement(r), **kws[key])
+                        t, res = bench.run(team, "auto", b, repeats=1)
+                        if key not in best or t < best[key][0]:
+                            best[key] = (t, res)
+                for key in kws:
+                    m[key][(ls, ll, r)] = best[key][0]
+                m["route"][(ls, ll, r)] = route_counts(best["router"][1])
     return m
 
 
@@ -246,6 +275,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (--quick: 1; on a shared, busy CPU more threads oversubscribe it)")
     ap.add_argument("--repeats", type=int, default=None, help="best of N runs per figure (default 2; --quick: 1)")
+    ap.add_argument("--paired", action="store_true",
+                    help="with concurrency, run auto, auto->LR and the router of each cell back to back")
+    ap.add_argument("--no-ttft", action="store_true", help="skip the final-stage TTFT table")
     args = ap.parse_args(argv)
     quick = args.quick
     args.small = args.small or ("demo-small" if quick else "pair-0.3b")
@@ -302,9 +334,13 @@ def main(argv=None) -> int:
     print(f"Router: at most {worst:+.1%} vs the better fixed path (target <= +5%); "
           f"faster than both in {len(wins)} cells{': ' + ', '.join(wins[:6]) if wins else ''}")
 
-    print("\nFinal stage: TTFT from the small model's last token vs a cold prefill of the same prompt (target <= 10%)")
-    trows = ttft_rows(bench, lengths[0])
-    print_table(["variant", "reason len", "wall s", "final prompt", "prefilled", "TTFT ms", "cold ms", "share"], trows)
+    trows = []
+    if not args.no_ttft:
+        print("\nFinal stage: TTFT from the small model's last token vs a cold prefill of the same prompt "
+              "(target <= 10%)")
+        trows = ttft_rows(bench, lengths[0])
+        print_table(["variant", "reason len", "wall s", "final prompt", "prefilled", "TTFT ms", "cold ms", "share"],
+                    trows)
     plot(points, args.png)
     print(f"\nplot: {args.png}; total {time.perf_counter() - t0:.0f} s"
           "\nAll verification outcomes here come from the agreement hook (random weights never agree).")

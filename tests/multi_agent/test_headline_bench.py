@@ -24,3 +24,31 @@ def test_headline_quick_runs_and_reports(tmp_path, capsys):
     by_rate = {(r[0], r[3]): float(r[7]) for r in data["rows"]}
     # batch 1: auto at 50% agreement is the mean of the all-agree and none-agree figures
     assert abs(by_rate[(1, "0.50")] - (by_rate[(1, "1.00")] + by_rate[(1, "0.00")]) / 2) < 0.011
+
+
+def test_headline_paired_runs_each_cell_side_by_side(tmp_path, capsys, monkeypatch):
+    sys.path.insert(0, ROOT)
+    from bench import headline
+
+    runs = []
+    original = headline.Bench.run
+
+    def recording(self, team, mode, n, repeats=None):
+        kind = "router" if team.router is not None and not isinstance(team.router.cost, headline.Prefer) else \
+            "auto-lr" if team.router is not None else "auto"
+        runs.append((mode, n, kind, repeats))
+        return original(self, team, mode, n, repeats)
+
+    monkeypatch.setattr(headline.Bench, "run", recording)
+    out = tmp_path / "h.json"
+    rc = headline.main(["--quick", "--small", "tiny", "--large", "tiny-hd32", "--lengths", "8", "--batches", "2",
+                        "--agreement", "0.5", "--brief-tokens", "3", "--repeats", "2", "--paired", "--no-ttft",
+                        "--png", str(tmp_path / "h.png"), "--json", str(out)])
+    assert rc == 0
+    data = json.loads(out.read_text())
+    assert data["ttft"] == [] and len(data["rows"]) == 1
+    assert data["rows"][0][10].endswith("L") and "T/" in data["rows"][0][10]  # the router's route counts
+    cell = [k for mode, n, k, rep in runs if mode == "auto" and n == 2]
+    # two repeats of the three paths, one run each, the order rotated between repeats
+    assert cell == ["auto", "auto-lr", "router", "auto-lr", "router", "auto"]
+    assert all(rep == 1 for mode, n, k, rep in runs if mode == "auto" and n == 2)

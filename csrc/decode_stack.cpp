@@ -110,11 +110,11 @@ std::tuple<at::Tensor, at::Tensor> DecodeStack::forward(const at::Tensor& x, con
   check_decode_tables(tables, lens, num_blocks, block_size, kOp);
 
   const int64_t q = heads_ * head_dim_, kv = kv_heads_ * head_dim_;
-  at::Tensor h, residual, out = x;
+  at::Tensor h, residual, out = x.contiguous();  // the first residual is x itself: the kernels read it flat
   for (const DecodeLayerTensors& l : layers_) {
     if (!residual.defined()) {
       residual = out;
-      h = std::get<0>(rms_norm_cpu(out.contiguous(), l.input_norm, eps_, std::nullopt));
+      h = std::get<0>(rms_norm_cpu(out, l.input_norm, eps_, std::nullopt));
     } else {
       std::tie(h, residual) = rms_norm_cpu(out, l.input_norm, eps_, residual);
     }

@@ -159,3 +159,20 @@ def test_bad_step_arguments_raise_before_the_cache_is_written(tiny_llm_factory):
     assert torch.equal(k_cache, before)
     out, residual = stack.forward(x, cos, sin, torch.tensor([0]), tables, lens, [True] * 4)
     assert out.shape == residual.shape == (1, hidden) and not torch.equal(k_cache, before)
+
+
+def test_a_strided_input_gives_the_contiguous_result(tiny_llm_factory):
+    llm = tiny_llm_factory()
+    dec, layers, cfg = _stack_args(llm)
+    stack = native_decode._native.DecodeStack(layers, *cfg)
+    hidden, half = dec.cfg.hidden_size, cfg[2] // 2
+    x = torch.randn(hidden, 2).t()  # [2, hidden], strided
+    cos, sin = torch.rand(2, half), torch.rand(2, half)
+    step = (torch.tensor([0, 1]), torch.zeros(2, 1, dtype=torch.int32), torch.tensor([1, 2], dtype=torch.int32))
+    caches = [t for kv in llm.runner.kv_caches for t in kv]
+    saved = [t.clone() for t in caches]
+    want = stack.forward(x.contiguous(), cos, sin, *step, [True] * 4)
+    for t, s in zip(caches, saved):
+        t.copy_(s)
+    got = stack.forward(x, cos, sin, *step, [True] * 4)
+    assert not x.is_contiguous() and all(torch.equal(a, b) for a, b in zip(got, want))

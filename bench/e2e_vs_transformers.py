@@ -38,12 +38,16 @@ def bench_baton(path, dtype, prompt, new_tokens, repeats):
     llm = LLM(str(path), device="cpu", dtype=dtype, attention_backend="torch", enable_prefix_caching=False)
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
     llm.generate(prompt, SamplingParams(temperature=0, max_tokens=2, ignore_eos=True))  # warm-up
-    ttfts, per_tok, eager_tok = [], [], []
+    ttfts, per_tok, eager_tok, shares = [], [], [], []
+    nbytes = weight_bytes(llm.model)
     for _ in range(repeats):
         llm.encoder_cache._entries.clear()  # cold image every run: same work as transformers
         out = llm.generate(prompt, params)[0]
         ttfts.append(out.metrics.ttft)
         per_tok.append(out.metrics.decode_time / (len(out.token_ids) - 1))
+        # the VM's bandwidth drifts within seconds: each run's floor share uses a reading taken
+        # right after it
+        shares.append(nbytes / measure_read_bandwidth(1 << 29, repeats=3) / per_tok[-1])
         # the same decode on the per-op path (models/native_decode.py off), side by side
         os.environ[native_decode.ENV] = "0"
         try:
@@ -52,7 +56,7 @@ def bench_baton(path, dtype, prompt, new_tokens, repeats):
             os.environ.pop(native_decode.ENV)
         eager_tok.append(out.metrics.decode_time / (len(out.token_ids) - 1))
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    return med(ttfts), med(per_tok), med(eager_tok), llm
+    return med(ttfts), med(per_tok), med(eager_tok), med(shares), llm
 
 
 def bench_transformers(path, dtype, inputs, new_tokens, repeats):
@@ -93,30 +97,28 @@ def main():
     print(native_paths_line())
     rows = []
     headers = ["dtype", "prompt", "TTFT baton ms", "TTFT HF ms", "HF/baton",
-               "tok baton ms", "tok HF ms", "HF/baton", "floor ms", "floor/baton", "tok per-op ms"]
+               "tok baton ms", "tok HF ms", "HF/baton", "floor ms", "floor/baton", "paired floor/baton", "tok per-op ms"]
     for dtype in args.dtypes:
-        b_ttft, b_tok, b_eager, llm = bench_baton(path, dtype, prompt, args.new_tokens, args.repeats)
+        b_ttft, b_tok, b_eager, b_share, llm = bench_baton(path, dtype, prompt, args.new_tokens, args.repeats)
         processed = llm.processor.process(prompt["prompt"], prompt["images"])
         ids = torch.tensor([processed.token_ids])
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
                   "pixel_values": processed.images[0].pixel_values,
                   "image_grid_thw": torch.tensor([list(processed.images[0].grid_thw)]),
                   "mm_token_type_ids": (ids == llm.model_cfg.image_token_id).long()}
-        # the VM's bandwidth drifts: the floor takes the best of the readings before and after
-        # Baton's run, so a slow reading never flatters Baton's share
-        after = measure_read_bandwidth()
-        print(f"read bandwidth after the {dtype} run: {after / 1e9:.1f} GB/s")
-        floor = weight_bytes(llm.model) / max(bandwidth, after)
+        floor = weight_bytes(llm.model) / bandwidth
         n_prompt = len(processed.token_ids)
         del llm
         h_ttft, h_tok = bench_transformers(path, dtype, inputs, args.new_tokens, args.repeats)
         rows.append([dtype, n_prompt, f"{b_ttft * 1e3:.0f}", f"{h_ttft * 1e3:.0f}", f"{h_ttft / b_ttft:.2f}x",
                      f"{b_tok * 1e3:.1f}", f"{h_tok * 1e3:.1f}", f"{h_tok / b_tok:.2f}x",
-                     f"{floor * 1e3:.1f}", f"{floor / b_tok:.0%}", f"{b_eager * 1e3:.1f}"])
+                     f"{floor * 1e3:.1f}", f"{floor / b_tok:.0%}", f"{b_share:.0%}",
+                     f"{b_eager * 1e3:.1f}"])
         print(flush=True)
         print_table(headers, rows)
-    print("\nHF/baton > 1 means Baton is faster; floor = decoder+head weight bytes / measured bandwidth; "
-          "tok per-op ms: Baton's decode with the native decode stack off (BATON_NATIVE_DECODE=0).")
+    print("\nHF/baton > 1 means Baton is faster; floor = decoder+head weight bytes / the bandwidth read at the "
+          "start; paired floor/baton: the median over runs of the share against a reading taken right after each "
+          "run; tok per-op ms: Baton's decode with the native decode stack off (BATON_NATIVE_DECODE=0).")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,8 @@ from baton.engine.scheduler import Scheduler
 from baton.engine.sequence import Sequence
 from baton.engine.static_decode import resolve_cuda_graphs, static_decode_for
 from baton.kernels.cpu_routing import cpu_kernel_stats
-from baton.models import native_decode
 from baton.kernels.registry import get_ops, resolve_backend
+from baton.models import native_decode
 from baton.models.config import load_config
 from baton.models.factory import load_model
 from baton.models.image_io import DEFAULT_MAX_IMAGE_PIXELS

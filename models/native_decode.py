@@ -13,6 +13,7 @@ goes where kernels.cpu_routing measured it faster. BATON_NATIVE_DECODE=0 turns i
 """
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -27,6 +28,8 @@ try:
 except ImportError:  # no build: decode runs eagerly
     _native = None
     AVAILABLE = False
+
+logger = logging.getLogger("baton")
 
 ENV = "BATON_NATIVE_DECODE"
 _DTYPES = (torch.float32, torch.bfloat16)
@@ -75,10 +78,11 @@ class NativeDecode:
             and not torch.is_grad_enabled()
             and not any(layer.self_attn.attn._forward_hooks or layer.self_attn.attn._forward_pre_hooks
                         for layer in d.layers)
+            and self._stack_for(kv_caches) is not None
         )
 
     def __call__(self, embeds, cos, sin, kv_caches, meta) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, residual) after the last layer, as the eager loop leaves them."""
+        """(x, residual) after the last layer, as the eager loop leaves them (after `applies`)."""
         stack = self._stack_for(kv_caches)
         return stack.forward(embeds, cos, sin, meta.slot_mapping, meta.decode_block_tables.to(torch.int32),
                              meta.context_lens.to(torch.int32), self._routes(embeds))
@@ -96,15 +100,21 @@ class NativeDecode:
         return [linear_kernels.uses_skinny(x, m.weight, m.bias) for x, m in zip(xs, mods)]
 
     def _stack_for(self, kv_caches):
+        """The stack over these caches and weights (rebuilt when either is replaced), or None
+        when the model does not fit it (a warning says why, once; decode then runs per op)."""
         layers = self.decoder.layers
         key = (kv_caches[0][0].data_ptr(), len(kv_caches), layers[0].self_attn.qkv_proj.weight.data_ptr(),
                layers[-1].mlp.down_proj.weight.data_ptr())
-        if self._stack is None or self._key != key:
-            self._stack = _native.DecodeStack(
-                [_layer_tensors(layer, kv) for layer, kv in zip(layers, kv_caches)],
-                layers[0].self_attn.num_heads, layers[0].self_attn.num_kv_heads, layers[0].self_attn.head_dim,
-                float(layers[0].input_layernorm.eps), float(layers[0].self_attn.attn.scale))
+        if self._key != key:
             self._key = key
+            try:
+                self._stack = _native.DecodeStack(
+                    [_layer_tensors(layer, kv) for layer, kv in zip(layers, kv_caches)],
+                    layers[0].self_attn.num_heads, layers[0].self_attn.num_kv_heads, layers[0].self_attn.head_dim,
+                    float(layers[0].input_layernorm.eps), float(layers[0].self_attn.attn.scale))
+            except ValueError as e:
+                self._stack = None
+                logger.warning("native decode stack off for this model (%s); decode runs per op", e)
         return self._stack
 
 

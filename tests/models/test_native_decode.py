@@ -123,6 +123,20 @@ def _stack_args(llm):
     return dec, layers, (a.num_heads, a.num_kv_heads, a.head_dim, 1e-6, a.attn.scale)
 
 
+def test_a_model_the_stack_refuses_decodes_per_op(tiny_checkpoint, monkeypatch, caplog):
+    llm = make_llm(tiny_checkpoint, dtype="float32")
+    eager, _ = generate(llm, PROMPTS[:2], monkeypatch, native=False, tokens=6)
+
+    def refuse(*args):
+        raise ValueError("DecodeStack: layer 0 qkv must be ...")
+
+    monkeypatch.setattr(native_decode._native, "DecodeStack", refuse)
+    with caplog.at_level("WARNING", logger="baton"):
+        got, calls = generate(llm, PROMPTS[:2], monkeypatch, native=True, tokens=6)
+    assert calls == [] and got == eager
+    assert sum("native decode stack off" in r.message for r in caplog.records) == 1  # warned once
+
+
 def test_construction_checks_name_the_bad_tensor(tiny_llm_factory):
     dec, layers, cfg = _stack_args(tiny_llm_factory())
     bad = [list(layer) for layer in layers]

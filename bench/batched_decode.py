@@ -52,20 +52,19 @@ def transformers_tok_s(path, dtype: str, new_tokens: int, requests: int) -> tupl
     tok = AutoTokenizer.from_pretrained(str(path))
     model = Qwen3VLForConditionalGeneration.from_pretrained(str(path), dtype=getattr(torch, dtype)).eval()
 
-    def serve():
-        for text in prompts(requests):
-            ids = tok(text, return_tensors="pt")
-            with torch.inference_mode():
-                model.generate(**ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                               pad_token_id=0)
-
-    def one(n):
-        ids = tok(prompts(1)[0], return_tensors="pt")
+    def answer(text: str, n: int) -> None:
+        ids = tok(text, return_tensors="pt")
         with torch.inference_mode():
             model.generate(**ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
 
+    def serve():
+        for text in prompts(requests):
+            answer(text, new_tokens)
+
+    first = prompts(1)[0]
     served = requests * new_tokens / median_time(serve, repeats=1, warmup=1)
-    step = median_time(lambda: one(new_tokens), repeats=2) - median_time(lambda: one(1), repeats=2)
+    step = (median_time(lambda: answer(first, new_tokens), repeats=2)
+            - median_time(lambda: answer(first, 1), repeats=2))
     return served, (new_tokens - 1) / step
 
 

@@ -35,14 +35,14 @@ void check_param(const at::Tensor& t, at::IntArrayRef shape, at::ScalarType dtyp
                     shape, ", got ", t.sizes(), " ", t.scalar_type(), t.is_contiguous() ? "" : " (strided)");
 }
 
-// The binding's contract of skinny_linear: the bias is added in float32 before the one rounding.
-at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool native) {
-  if (native) {
-    std::optional<at::Tensor> b;
-    if (bias.defined()) b = bias.to(at::kFloat);
-    return skinny_linear_cpu(x.contiguous(), w, b);
-  }
-  return at::linear(x, w, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+std::optional<at::Tensor> opt(const at::Tensor& t) { return t.defined() ? std::optional<at::Tensor>(t) : std::nullopt; }
+
+// As ops.linear routes it: the skinny GEMM (bias in float32, added before its one rounding, as
+// the skinny_linear binding does) or at::linear (bias in the weights' dtype).
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& bias_f32,
+                  bool native) {
+  if (native) return skinny_linear_cpu(x.contiguous(), w, opt(bias_f32));
+  return at::linear(x, w, opt(bias));
 }
 
 }  // namespace
@@ -79,6 +79,8 @@ DecodeStack::DecodeStack(std::vector<DecodeLayerTensors> layers, int64_t num_hea
     check_param(l.down, {hidden_, inter_}, dtype, "down", i);
     check_param(l.k_cache, cache_shape, dtype, "k_cache", i);
     check_param(l.v_cache, cache_shape, dtype, "v_cache", i);
+    auto f32 = [](const at::Tensor& b) { return b.defined() ? b.to(at::kFloat).contiguous() : at::Tensor(); };
+    bias_f32_.push_back({f32(l.qkv_bias), f32(l.o_bias)});
   }
 }
 
@@ -111,14 +113,16 @@ std::tuple<at::Tensor, at::Tensor> DecodeStack::forward(const at::Tensor& x, con
 
   const int64_t q = heads_ * head_dim_, kv = kv_heads_ * head_dim_;
   at::Tensor h, residual, out = x.contiguous();  // the first residual is x itself: the kernels read it flat
-  for (const DecodeLayerTensors& l : layers_) {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const DecodeLayerTensors& l = layers_[i];
+    const auto& [qkv_bias_f32, o_bias_f32] = bias_f32_[i];
     if (!residual.defined()) {
       residual = out;
       h = std::get<0>(rms_norm_cpu(out, l.input_norm, eps_, std::nullopt));
     } else {
       std::tie(h, residual) = rms_norm_cpu(out, l.input_norm, eps_, residual);
     }
-    const at::Tensor qkv = linear(h, l.qkv, l.qkv_bias, native[0]);
+    const at::Tensor qkv = linear(h, l.qkv, l.qkv_bias, qkv_bias_f32, native[0]);
     at::Tensor qh = std::get<0>(rms_norm_cpu(qkv.narrow(1, 0, q).reshape({B * heads_, head_dim_}).contiguous(),
                                              l.q_norm, eps_, std::nullopt))
                         .view({B, heads_, head_dim_});
@@ -131,11 +135,11 @@ std::tuple<at::Tensor, at::Tensor> DecodeStack::forward(const at::Tensor& x, con
     at::Tensor k_cache = l.k_cache, v_cache = l.v_cache;
     store_kv_cpu(kh, vh, k_cache, v_cache, sl);
     const at::Tensor attn = paged_decode_cpu(qh, k_cache, v_cache, tables, lens, scale_);
-    const at::Tensor o = linear(attn.view({B, q}), l.o, l.o_bias, native[1]);
+    const at::Tensor o = linear(attn.view({B, q}), l.o, l.o_bias, o_bias_f32, native[1]);
     std::tie(h, residual) = rms_norm_cpu(o.contiguous(), l.post_norm, eps_, residual);
-    const at::Tensor gate_up = linear(h, l.gate_up, at::Tensor(), native[2]);
+    const at::Tensor gate_up = linear(h, l.gate_up, at::Tensor(), at::Tensor(), native[2]);
     const at::Tensor act = at::silu(gate_up.narrow(1, 0, inter_)).mul_(gate_up.narrow(1, inter_, inter_));
-    out = linear(act, l.down, at::Tensor(), native[3]);
+    out = linear(act, l.down, at::Tensor(), at::Tensor(), native[3]);
   }
   return {out, residual};
 }

@@ -42,6 +42,9 @@ class DecodeStack {
 
  private:
   std::vector<DecodeLayerTensors> layers_;
+  // Per layer, the qkv and o biases in float32 (undefined without a bias): the skinny GEMM
+  // adds them before its one rounding; converted once here, not once per step.
+  std::vector<std::array<at::Tensor, 2>> bias_f32_;
   int64_t heads_, kv_heads_, head_dim_, hidden_, inter_;
   double eps_, scale_;
 };

@@ -82,9 +82,9 @@ class NativeDecode:
         )
 
     def __call__(self, embeds, cos, sin, kv_caches, meta) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x, residual) after the last layer, as the eager loop leaves them (after `applies`)."""
-        stack = self._stack_for(kv_caches)
-        return stack.forward(embeds, cos, sin, meta.slot_mapping, meta.decode_block_tables.to(torch.int32),
+        """(x, residual) after the last layer, as the eager loop leaves them. Only after
+        `applies` said yes for this step: it built (or kept) the stack for these caches."""
+        return self._stack.forward(embeds, cos, sin, meta.slot_mapping, meta.decode_block_tables.to(torch.int32),
                              meta.context_lens.to(torch.int32), self._routes(embeds))
 
     def _routes(self, embeds: torch.Tensor) -> list[bool]:

@@ -6,9 +6,10 @@
 // slower than M = 1 (a GEMV) although they read the same bytes (bench/kernels/
 // test_bench_linear.py). Here each weight row is read from memory once: a block of R rows is
 // dotted with every input row while it sits in L1/L2, so the time stays near the weight-read
-// time. Threads split the weight rows (output columns). While one block of rows is read, the
-// next is prefetched in order: on an AVX2 EPYC that took the bfloat16 GEMV at K = 1024 from
-// about 7 to 10-11 GB/s on one thread (bench/kernels/gemv_bandwidth.py).
+// time. Threads take the weight rows (output columns) in chunks (row_chunks.h). While one
+// block of rows is read, the next is prefetched in order: on an AVX2 EPYC that took the
+// bfloat16 GEMV at K = 1024 from about 7 to 10-11 GB/s on one thread
+// (bench/kernels/gemv_bandwidth.py).
 //
 // One body (skinny_body.inc) per instruction-set path (cpu_isa.h): generic, AVX2 (8 floats
 // per FMA), AVX-512 (16). At the avx512bf16 level bfloat16 x bfloat16 products use vdpbf16ps
@@ -20,6 +21,7 @@
 
 #include "cpu_isa.h"
 #include "cpu_simd.h"
+#include "row_chunks.h"
 
 #include <type_traits>
 #include <vector>
@@ -28,8 +30,6 @@ namespace baton {
 namespace {
 
 using cpu::Isa;
-
-constexpr int64_t kGrain = 64;  // weight rows per task: enough work to amortise a task
 
 namespace generic {
 using V = simd::VecGeneric;
@@ -110,10 +110,11 @@ void row_block(const BF* x, int64_t M, const BF* w, int64_t K, const float* bias
 
 template <typename YT>
 void rows(const BF* x, int64_t M, const BF* w, int64_t K, const float* bias, YT* y, int64_t N,
-          int64_t n0, int64_t n1) {
+          int64_t n0, int64_t n1, int64_t n_next) {
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4) {
-    const char* next = n + 8 <= n1 ? reinterpret_cast<const char*>(w + (n + 4) * K) : nullptr;
+    const int64_t after = n + 8 <= n1 ? n + 4 : (n + 4 == n1 && n_next >= 0 && n_next + 4 <= N ? n_next : -1);
+    const char* next = after >= 0 ? reinterpret_cast<const char*>(w + after * K) : nullptr;
     row_block<4>(x, M, w + n * K, K, bias ? bias + n : nullptr, y + n, N, next);
   }
   for (; n < n1; ++n) row_block<1>(x, M, w + n * K, K, bias ? bias + n : nullptr, y + n, N, nullptr);
@@ -143,12 +144,12 @@ void widening(Isa isa, const float* x, int64_t M, const WT* w, int64_t K, const 
     }
   }
 #endif
-  at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) {
+  for_row_chunks(N, chunk_rows(K, sizeof(WT)), [&](int64_t n0, int64_t n1, int64_t n_next) {
 #if defined(__x86_64__)
-    if (isa >= Isa::kAvx512) return avx512::rows(x, M, w, K, bias, y, N, n0, n1);
-    if (isa == Isa::kAvx2) return avx2::rows(x, M, w, K, bias, y, N, n0, n1);
+    if (isa >= Isa::kAvx512) return avx512::rows(x, M, w, K, bias, y, N, n0, n1, n_next);
+    if (isa == Isa::kAvx2) return avx2::rows(x, M, w, K, bias, y, N, n0, n1, n_next);
 #endif
-    generic::rows(x, M, w, K, bias, y, N, n0, n1);
+    generic::rows(x, M, w, K, bias, y, N, n0, n1, n_next);
   });
 }
 
@@ -185,8 +186,8 @@ at::Tensor skinny_linear_cpu(const at::Tensor& x, const at::Tensor& w,
     const BF* xp = x.data_ptr<BF>();
     const BF* wp = w.data_ptr<BF>();
     BF* yp = y.data_ptr<BF>();
-    at::parallel_for(0, N, kGrain, [&](int64_t n0, int64_t n1) {
-      avx512bf16::rows(xp, M, wp, K, bp, yp, N, n0, n1);
+    for_row_chunks(N, chunk_rows(K, sizeof(BF)), [&](int64_t n0, int64_t n1, int64_t n_next) {
+      avx512bf16::rows(xp, M, wp, K, bp, yp, N, n0, n1, n_next);
     });
     return y;
   }

@@ -65,6 +65,33 @@ def test_skinny_linear_every_path(level, threads, rows, n, k, kind):
             torch.testing.assert_close(y, F.linear(x, w.float(), bias), rtol=1e-5, atol=1e-5 * k ** 0.5)
 
 
+@pytest.mark.parametrize("rows", [1, 2, 5])
+@pytest.mark.parametrize("kind", ["float32", "bfloat16"])
+def test_skinny_linear_row_chunks(level, rows, kind):
+    """Products big enough that threads claim many chunks of weight rows (about 256 KB each:
+    64 float32 or 128 bfloat16 rows at K = 1000) and prefetch into the next one they claim;
+    N = 1030 leaves a last chunk of 6 rows. Against float64, and bit for bit the same with 1
+    and 2 threads: which thread computes a row must not change it."""
+    from baton.kernels import _native
+
+    g = torch.Generator().manual_seed(rows)
+    dt = getattr(torch, kind)
+    x, w, b = (torch.randn(rows, 1000, generator=g).to(dt), torch.randn(1030, 1000, generator=g).to(dt),
+               torch.randn(1030, generator=g).to(dt))
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(_native.skinny_linear(x, w, b))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[0], outs[1])
+    want = _product64(x, w, b)
+    tol = dict(rtol=8e-3, atol=5e-2) if kind == "bfloat16" else dict(rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(outs[1].double(), want.to(dt).double() if kind == "bfloat16" else want, **tol)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,block_size", [(6, 2, 24, 5), (4, 4, 8, 3), (8, 1, 40, 16)])
 def test_paged_decode_every_path(level, threads, dtype, num_heads, num_kv_heads, head_dim, block_size):

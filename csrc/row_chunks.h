@@ -1,0 +1,57 @@
+// Splitting a product's weight rows among threads for the skinny GEMM.
+//
+// Decode products are short (0.2-0.7 ms each at bench-0.5b size) and the two cores of a shared
+// VM rarely stream at the same rate: with the rows cut into one equal range per thread, the
+// thread that finished first spun in the OpenMP barrier for about a tenth of a bfloat16 decode
+// step (perf, bench-0.5b, 2 threads). Here threads claim chunks of rows from a shared counter
+// as they finish the last one, so the faster thread reads more. Each thread claims its next
+// chunk before it starts the current one and the kernel prefetches into it (n_next), so the
+// stream of weight rows does not pause between chunks. Every output row is computed by the
+// same code whichever thread takes it: results do not depend on the split.
+#pragma once
+
+#include <ATen/Parallel.h>
+#include <c10/util/ParallelGuard.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <exception>
+
+namespace baton {
+
+// Rows per chunk: about 256 KB of weights (many chunks per thread at decode sizes, each long
+// enough for the prefetch to run ahead), a multiple of the 4-row block, at least 16.
+inline int64_t chunk_rows(int64_t K, int64_t elem_bytes) {
+  const int64_t rows = (int64_t(256) << 10) / std::max<int64_t>(1, K * elem_bytes);
+  return std::max<int64_t>(16, rows / 4 * 4);
+}
+
+// fn(n0, n1, n_next) over [0, N) in chunks of `chunk` rows; n_next is the first row of the
+// chunk the same thread runs next, or -1. Serial (one call) with one thread, inside another
+// parallel region, or when there is only one chunk.
+template <typename F>
+void for_row_chunks(int64_t N, int64_t chunk, const F& fn) {
+  const int threads = at::get_num_threads();
+  if (threads <= 1 || at::in_parallel_region() || N <= chunk) return fn(0, N, -1);
+  std::atomic<int64_t> next{0};
+  std::atomic_flag failed = ATOMIC_FLAG_INIT;
+  std::exception_ptr error;
+#pragma omp parallel num_threads(threads)
+  {
+    try {
+      c10::ParallelGuard guard(true);
+      int64_t cur = next.fetch_add(chunk);
+      while (cur < N) {
+        const int64_t after = next.fetch_add(chunk);
+        fn(cur, std::min(N, cur + chunk), after < N ? after : -1);
+        cur = after;
+      }
+    } catch (...) {
+      if (!failed.test_and_set()) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace baton

@@ -18,6 +18,26 @@ def median_time(fn, repeats: int = 3, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def paired_times(fns: dict, repeats: int = 7, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each fn, the fns run in turn within every pass: on a VM whose
+    bandwidth drifts within seconds, ratios of the same pass compare like with like."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median_ratio(num: list[float], den: list[float]) -> float:
+    """The median over passes of num[i] / den[i] (see paired_times)."""
+    return statistics.median(a / b for a, b in zip(num, den))
+
+
 def measure_read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     """Bytes/second this machine streams from DRAM in a reduction over a buffer much larger
     than the caches (the floor for weight-bound decode)."""

@@ -5,37 +5,28 @@ of F.linear beside a plain read of the same number of bytes (the floor decode ca
     python bench/kernels/gemv_bandwidth.py [--threads 1] [--dtypes bfloat16 float32]
 
 Shapes: the bench-0.5b decoder (hidden 1024) and Qwen3-VL-2B (hidden 2048). Each row cycles
-through --layers copies of the weight (at least twice the last-level cache in all), best of
---repeats passes.
+through copies of the weight (at least twice the last-level cache in all); in each of
+--repeats passes the three run in turn, and the table gives medians and the median of the
+per-pass ratio read / native (the VM's bandwidth drifts within seconds).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
+import statistics
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from bench.common import cpu_flags, print_table  # noqa: E402
+from bench.common import cpu_flags, median_ratio, paired_times, print_table  # noqa: E402
 from baton.kernels import _native, cpu_isa  # noqa: E402
 from baton.kernels.cpu_routing import last_level_cache_bytes  # noqa: E402
 
 SHAPES = {"0.5b qkv": (4096, 1024), "0.5b gate_up": (7168, 1024), "0.5b down": (1024, 3584),
           "2b qkv": (4096, 2048), "2b gate_up": (12288, 2048), "2b down": (2048, 6144)}
-
-
-def best_pass(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:
@@ -57,12 +48,11 @@ def main() -> None:
             x = torch.randn(1, k).to(dt)
             total = per * copies
             plain = torch.ones(total // 4)
-            t_native = best_pass(lambda: [_native.skinny_linear(x, w, None) for w in ws], args.repeats)
-            t_torch = best_pass(lambda: [F.linear(x, w) for w in ws], args.repeats)
-            t_read = best_pass(lambda: plain.sum(), args.repeats)
-            rows.append([dtype, name, f"{n}x{k}", copies, f"{total / t_native / 1e9:.1f}",
-                         f"{total / t_torch / 1e9:.1f}", f"{total / t_read / 1e9:.1f}",
-                         f"{t_read / t_native:.0%}"])
+            t = paired_times({"native": lambda: [_native.skinny_linear(x, w, None) for w in ws],
+                              "torch": lambda: [F.linear(x, w) for w in ws], "read": plain.sum}, args.repeats)
+            gbs = {k: f"{total / statistics.median(v) / 1e9:.1f}" for k, v in t.items()}
+            rows.append([dtype, name, f"{n}x{k}", copies, gbs["native"], gbs["torch"], gbs["read"],
+                         f"{median_ratio(t['read'], t['native']):.0%}"])
             del ws, plain
     print_table(["dtype", "shape", "N x K", "weights", "native GB/s", "F.linear GB/s", "plain read GB/s",
                  "native / read"], rows)

@@ -1,4 +1,5 @@
 """Plain-torch multimodal rotary embedding (Qwen3-VL interleaved M-RoPE)."""
+import functools
 from typing import Sequence
 
 import torch
@@ -19,15 +20,28 @@ def mrope_cos_sin(
         freqs = positions.unsqueeze(-1).float() * inv_freq
     else:
         half = inv_freq.shape[0]
-        j = torch.arange(half, device=positions.device)
-        # torch.where, not boolean-mask assignment, which can sync with the host (nonzero): a
-        # captured CUDA graph cannot
-        axis = torch.where((j % 3 == 1) & (j < 3 * mrope_section[1]), 1, 0)
-        axis = torch.where((j % 3 == 2) & (j < 3 * mrope_section[2]), 2, axis)
+        if positions.device.type == "cpu":  # the same few ops every decode step: computed once
+            axis = _cpu_axis(half, tuple(mrope_section))
+        else:  # built each call, so a captured CUDA graph never holds a cached tensor
+            axis = _axis(half, mrope_section, positions.device)
         # Only the chosen axis per frequency is needed: gather positions, then multiply.
         chosen = positions.index_select(0, axis)  # [D/2, N]
         freqs = (chosen.t().float() * inv_freq).contiguous()
     return freqs.cos(), freqs.sin()
+
+
+def _axis(half: int, mrope_section: Sequence[int], device) -> torch.Tensor:
+    """Which position row (0 temporal, 1 height, 2 width) each of the D/2 frequencies takes."""
+    j = torch.arange(half, device=device)
+    # torch.where, not boolean-mask assignment, which can sync with the host (nonzero): a
+    # captured CUDA graph cannot
+    axis = torch.where((j % 3 == 1) & (j < 3 * mrope_section[1]), 1, 0)
+    return torch.where((j % 3 == 2) & (j < 3 * mrope_section[2]), 2, axis)
+
+
+@functools.lru_cache(maxsize=16)
+def _cpu_axis(half: int, mrope_section: tuple[int, ...]) -> torch.Tensor:
+    return _axis(half, mrope_section, "cpu")
 
 
 def apply_rotary_(

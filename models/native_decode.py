@@ -60,6 +60,9 @@ class NativeDecode:
         self._stack = None
         self._key = None
         self._placeholders: dict[int, tuple[torch.Tensor, ...]] = {}
+        # the attention modules whose hooks keep a step eager: found once, not through 3 module
+        # lookups per layer per step (0.3 ms a token at 28 layers)
+        self._attns = tuple(layer.self_attn.attn for layer in decoder.layers)
 
     def applies(self, embeds: torch.Tensor, cos: torch.Tensor, meta, kv_caches, visual_index) -> bool:
         """Whether this step can run natively (see the module docstring)."""
@@ -76,8 +79,7 @@ class NativeDecode:
             and enabled()
             and _kernels_native()
             and not torch.is_grad_enabled()
-            and not any(layer.self_attn.attn._forward_hooks or layer.self_attn.attn._forward_pre_hooks
-                        for layer in d.layers)
+            and not any(a._forward_hooks or a._forward_pre_hooks for a in self._attns)
             and self._stack_for(kv_caches) is not None
         )
 

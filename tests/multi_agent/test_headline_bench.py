@@ -52,3 +52,23 @@ def test_headline_paired_runs_each_cell_side_by_side(tmp_path, capsys, monkeypat
     # two repeats of the three paths, one run each, the order rotated between repeats
     assert cell == ["auto", "auto-lr", "router", "auto-lr", "router", "auto"]
     assert all(rep == 1 for mode, n, k, rep in runs if mode == "auto" and n == 2)
+
+
+def test_router_summary_separates_choice_cost_from_noise():
+    """The choice line weighs the fixed paths by the router's route counts: a router that sends
+    every request down the better path costs +0% whatever its own (noisy) time says; half the
+    requests down a path 50% slower cost +25%."""
+    sys.path.insert(0, ROOT)
+    from bench import headline
+
+    def row(agree, auto, auto_lr, router, route):
+        return [16, 512, 1024, f"{agree:.2f}", "0", "0", "0", f"{auto:.2f}", f"{auto_lr:.2f}", f"{router:.2f}",
+                route, "1.00x"]
+
+    same_path = [row(0.0, 10.0, 20.0, 11.5, "16T/0L")]  # chose the better path; 15% slower by noise
+    lines = headline.router_summary(same_path)
+    assert "at most +15.0%" in lines[0] and "at most +0.0%" in lines[1]
+    split = same_path + [row(0.0, 30.0, 20.0, 21.0, "8T/8L"), row(0.5, 10.0, 12.0, 9.0, "8T/0L")]
+    lines = headline.router_summary(split)
+    assert "at most +25.0%" in lines[1]
+    assert "faster than both in 1 cells: b16 512/1024 @ 0.50" in lines[0]

@@ -210,7 +210,8 @@ def route_counts(results) -> str:
 def measure_paired(bench: Bench, b: int, lengths, rates, m):
     """--paired: auto, auto->LR and the router of each cell run back to back, in an order that
     rotates each repeat, best of --repeats each, so the machine's drift hits all three alike
-    (unpaired, one auto run per small length stands for every large length)."""
+    (evenly only when --repeats is a multiple of 3; unpaired, one auto run per small length
+    stands for every large length)."""
     for r in rates:
         for ls in lengths:
             for ll in lengths:
@@ -311,6 +312,9 @@ def main(argv=None) -> int:
     args.image_size = args.image_size or (64 if quick else 448)
     args.kv_bytes = args.kv_bytes or ((512 << 20) if quick else (4 << 30))
     args.repeats = args.repeats or (1 if quick else 2)
+    if args.paired and args.repeats % 3:
+        print(f"note: --paired rotates 3 runs per cell; with --repeats {args.repeats} (not a multiple of 3) they do "
+              "not take each position equally often (at 2 the router always follows auto->LR)")
     args.threads = args.threads or (1 if quick else None)
     if args.threads:
         import torch

@@ -112,11 +112,8 @@ template <typename YT>
 void rows(const BF* x, int64_t M, const BF* w, int64_t K, const float* bias, YT* y, int64_t N,
           int64_t n0, int64_t n1, int64_t n_next) {
   int64_t n = n0;
-  for (; n + 4 <= n1; n += 4) {
-    const int64_t after = n + 8 <= n1 ? n + 4 : (n + 4 == n1 && n_next >= 0 && n_next + 4 <= N ? n_next : -1);
-    const char* next = after >= 0 ? reinterpret_cast<const char*>(w + after * K) : nullptr;
-    row_block<4>(x, M, w + n * K, K, bias ? bias + n : nullptr, y + n, N, next);
-  }
+  for (; n + 4 <= n1; n += 4)
+    row_block<4>(x, M, w + n * K, K, bias ? bias + n : nullptr, y + n, N, avx512::row_ahead(w, K, N, n, 4, n1, n_next));
   for (; n < n1; ++n) row_block<1>(x, M, w + n * K, K, bias ? bias + n : nullptr, y + n, N, nullptr);
 }
 }  // namespace avx512bf16

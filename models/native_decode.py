@@ -87,7 +87,7 @@ class NativeDecode:
         """(x, residual) after the last layer, as the eager loop leaves them. Only after
         `applies` said yes for this step: it built (or kept) the stack for these caches."""
         return self._stack.forward(embeds, cos, sin, meta.slot_mapping, meta.decode_block_tables.to(torch.int32),
-                             meta.context_lens.to(torch.int32), self._routes(embeds))
+                                   meta.context_lens.to(torch.int32), self._routes(embeds))
 
     def _routes(self, embeds: torch.Tensor) -> list[bool]:
         """Per product (qkv, o, gate_up, down): the native GEMM or torch's, as ops.linear routes

@@ -5,7 +5,8 @@
 // their own target attribute, so the module builds without -mavx2/-mavx512f and the callers
 // pick a path at run time (cpu::active_isa).
 //
-// Every V has: W (floats per register), kCols (input rows per GEMM tile), reg, zero, set1,
+// Every V has: W (floats per register), kCols (input rows per GEMM tile), kPanelRows (weight
+// rows per panel-GEMM tile: 2 x kPanelRows sums, 2 inputs and a broadcast in registers), reg, zero, set1,
 // load (float or bfloat16, widened to float), fma(a, b, c) = a * b + c, add, store, hsum,
 // prefetch (a hint: one cache line into L1). kPairedBf16: whether load_pair(p, even, odd)
 // exists, widening 2W bfloat16 values at once into their even- and odd-indexed lanes.
@@ -29,6 +30,7 @@ inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
 struct VecGeneric {
   static constexpr int W = 8;
   static constexpr int kCols = 2;
+  static constexpr int kPanelRows = 4;
   static constexpr bool kPairedBf16 = false;
   struct reg {
     float v[8];
@@ -93,6 +95,7 @@ struct VecAvx2 {
   static constexpr int W = 8;
   // R = 4 weight rows x 3 input rows fill the 16 ymm registers (12 sums, 3 inputs, 1 weight).
   static constexpr int kCols = 3;
+  static constexpr int kPanelRows = 6;  // 12 sums + 2 inputs + 1 broadcast: 15 of 16 ymm
   static constexpr bool kPairedBf16 = true;
   using reg = __m256;
   BATON_AVX2 static inline reg zero() { return _mm256_setzero_ps(); }
@@ -125,6 +128,7 @@ struct VecAvx512 {
   static constexpr int W = 16;
   // 32 zmm registers: 4 x 4 tiles (16 sums, 4 inputs, 1 weight) with room to spare.
   static constexpr int kCols = 4;
+  static constexpr int kPanelRows = 12;  // 24 sums + 2 inputs + 1 broadcast: 27 of 32 zmm
   static constexpr bool kPairedBf16 = true;
   using reg = __m512;
   BATON_AVX512 static inline reg zero() { return _mm512_setzero_ps(); }

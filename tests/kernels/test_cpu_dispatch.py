@@ -92,6 +92,39 @@ def test_skinny_linear_row_chunks(level, rows, kind):
     torch.testing.assert_close(outs[1].double(), want.to(dt).double() if kind == "bfloat16" else want, **tol)
 
 
+@pytest.mark.parametrize("rows", [16, 24, 33, 40])
+@pytest.mark.parametrize("kind", ["float32", "float32 x bf16 weight", "bfloat16"])
+def test_skinny_linear_panels(level, rows, kind):
+    """Enough input rows for the panel GEMM (a full panel: 16 rows on AVX2, 32 on AVX-512):
+    a last panel over or under half full, 3 K blocks with a short last one (K = 600), chunks
+    of weight rows with a tail that is not a whole tile (N = 101). Against float64 and torch,
+    and bit for bit the same with 1 and 2 threads."""
+    from baton.kernels import _native
+
+    g = torch.Generator().manual_seed(rows * 13 + len(kind))
+    x, w, b = torch.randn(rows, 600, generator=g), torch.randn(101, 600, generator=g), torch.randn(101, generator=g)
+    if kind != "float32":
+        w = w.bfloat16()
+    if kind == "bfloat16":
+        x, b = x.bfloat16(), b.bfloat16()
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(_native.skinny_linear(x, w, b))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[0], outs[1])
+    y, want = outs[1], _product64(x, w, b)
+    if kind == "bfloat16":
+        torch.testing.assert_close(y.double(), want.bfloat16().double(), rtol=8e-3, atol=5e-2)
+        torch.testing.assert_close(y, F.linear(x, w, b), rtol=1.6e-2, atol=5e-2)
+    else:
+        torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(y, F.linear(x, w.float(), b), rtol=1e-5, atol=1e-4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,block_size", [(6, 2, 24, 5), (4, 4, 8, 3), (8, 1, 40, 16)])
 def test_paged_decode_every_path(level, threads, dtype, num_heads, num_kv_heads, head_dim, block_size):

@@ -72,13 +72,13 @@ class PatchMerger(nn.Module):
     normalise the concatenated vector (`postshuffle_norm`).
     """
 
-    def __init__(self, cfg: VisionConfig, postshuffle_norm: bool):
+    def __init__(self, cfg: VisionConfig, postshuffle_norm: bool, ops):
         super().__init__()
         self.merged_size = cfg.hidden_size * cfg.spatial_merge_size**2
         self.postshuffle_norm = postshuffle_norm
         self.norm = nn.LayerNorm(self.merged_size if postshuffle_norm else cfg.hidden_size, eps=1e-6)
-        self.linear_fc1 = nn.Linear(self.merged_size, self.merged_size)
-        self.linear_fc2 = nn.Linear(self.merged_size, cfg.out_hidden_size)
+        self.linear_fc1 = OpsLinear(self.merged_size, self.merged_size, ops, bias=True)
+        self.linear_fc2 = OpsLinear(self.merged_size, cfg.out_hidden_size, ops, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.postshuffle_norm:
@@ -92,9 +92,9 @@ class PatchEmbed(nn.Module):
     """The checkpoint's Conv3d with kernel == stride is a linear map of a flattened patch;
     stored here as a Linear over [C*T*P*P] (the loader reshapes the conv weight)."""
 
-    def __init__(self, cfg: VisionConfig):
+    def __init__(self, cfg: VisionConfig, ops):
         super().__init__()
-        self.proj = nn.Linear(cfg.patch_dim, cfg.hidden_size, bias=True)
+        self.proj = OpsLinear(cfg.patch_dim, cfg.hidden_size, ops, bias=True)
 
     def forward(self, pixel_patches: torch.Tensor) -> torch.Tensor:
         return self.proj(pixel_patches.to(self.proj.weight.dtype))
@@ -105,13 +105,13 @@ class VisionTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.ops = ops
-        self.patch_embed = PatchEmbed(cfg)
+        self.patch_embed = PatchEmbed(cfg, ops)
         self.pos_embed = nn.Embedding(cfg.num_position_embeddings, cfg.hidden_size)
         self.grid_side = int(cfg.num_position_embeddings**0.5)
         self.blocks = nn.ModuleList(VisionBlock(cfg, ops) for _ in range(cfg.depth))
-        self.merger = PatchMerger(cfg, postshuffle_norm=False)
+        self.merger = PatchMerger(cfg, postshuffle_norm=False, ops=ops)
         self.deepstack_merger_list = nn.ModuleList(
-            PatchMerger(cfg, postshuffle_norm=True) for _ in cfg.deepstack_visual_indexes
+            PatchMerger(cfg, postshuffle_norm=True, ops=ops) for _ in cfg.deepstack_visual_indexes
         )
         # a plain CPU tensor, not a buffer: the model may be built on the meta device
         rot_dim = cfg.head_dim // 2

@@ -84,3 +84,17 @@ def test_encoder_cache_budgets_opaque_features_by_nbytes():
     assert cache.bytes == 80 and cache.get("b") is None and cache.get("c").nbytes == 40
     cache.put("huge", Opaque(101))  # over the whole budget: not cached
     assert cache.get("huge") is None and len(cache) == 2
+
+
+def test_every_linear_layer_routes_through_the_kernel_registry(tiny_checkpoint):
+    """Each product goes where kernels.cpu_routing measured it faster: a plain nn.Linear would
+    bypass it (the vision tower's patch embedding and mergers once ran torch's emulated bfloat16
+    GEMM on AVX2 that way, a quarter of a bfloat16 TTFT)."""
+    from torch import nn
+
+    from baton.models.ops_linear import OpsLinear
+
+    model = random_model(load_config(tiny_checkpoint), get_ops("torch"), torch.float32, "cpu")
+    linears = {name: type(m) for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    assert any(name.startswith("visual.") for name in linears) and any("merger" in name for name in linears)
+    assert sorted(name for name, kind in linears.items() if not issubclass(kind, OpsLinear)) == []

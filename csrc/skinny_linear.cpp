@@ -27,6 +27,7 @@
 #include "cpu_simd.h"
 #include "row_chunks.h"
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 

@@ -38,13 +38,14 @@ def _product64(x, w, b):
     return y if b is None else y + b.double()
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 9])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 9, 12])
 @pytest.mark.parametrize("n,k", [(1, 1), (13, 9), (29, 27), (37, 100), (70, 131), (33, 64)])
 @pytest.mark.parametrize("kind", ["float32", "float32 x bf16 weight", "bfloat16"])
 def test_skinny_linear_every_path(level, threads, rows, n, k, kind):
     """N not a multiple of 4, K not a multiple of 8/16/32 (27: one paired bf16 block, one
     8-wide step, a scalar tail): every tile and tail of every path, bf16 weights widened in
-    registers (up to 3 rows on AVX2) or once per block of rows (more)."""
+    registers (up to 5 column chunks: 15 rows on AVX2, 10 on the generic path) or once per
+    block of rows (12 rows on the generic path)."""
     from baton.kernels import _native
 
     g = torch.Generator().manual_seed(rows * 7919 + n * 31 + k)

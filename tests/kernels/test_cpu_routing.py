@@ -157,3 +157,23 @@ def test_a_bad_mode_is_refused(cache, monkeypatch):
 
 def test_shape_classes(cache):
     assert [cpu_routing.bucket(r) for r in (1, 2, 3, 4, 5, 100, 129, 1024, 5000)] == [1, 2, 4, 4, 8, 128, 256, 1024, 1024]
+
+
+def test_measuring_leaves_no_eviction_buffer_resident():
+    """The engine has glibc keep freed memory (host_allocator); the measurement's 64+ MB
+    eviction buffer must still go back to the OS, or every measured shape class could leave
+    that much resident."""
+    from baton.engine.host_allocator import release_free_memory, tune_host_allocator
+
+    def rss_mb():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+    if not tune_host_allocator():
+        pytest.skip("glibc malloc tuning unavailable")
+    w = torch.randn(64, 64)
+    release_free_memory()
+    before = rss_mb()
+    for rows in (1, 2, 3):
+        cpu_routing.measure(torch.float32, rows, w, None)
+    assert rss_mb() - before < cpu_routing.EVICT_MIN_BYTES / 2 ** 20 / 2

@@ -66,19 +66,10 @@ def test_skinny_linear_every_path(level, threads, rows, n, k, kind):
             torch.testing.assert_close(y, F.linear(x, w.float(), bias), rtol=1e-5, atol=1e-5 * k ** 0.5)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 5])
-@pytest.mark.parametrize("kind", ["float32", "bfloat16"])
-def test_skinny_linear_row_chunks(level, rows, kind):
-    """Products big enough that threads claim many chunks of weight rows (about 256 KB each:
-    64 float32 or 128 bfloat16 rows at K = 1000) and prefetch into the next one they claim;
-    N = 1030 leaves a last chunk of 6 rows. Against float64, and bit for bit the same with 1
-    and 2 threads: which thread computes a row must not change it."""
+def _same_at_1_and_2_threads(x, w, b):
+    """The native product with 1 and with 2 threads, which must agree bit for bit."""
     from baton.kernels import _native
 
-    g = torch.Generator().manual_seed(rows)
-    dt = getattr(torch, kind)
-    x, w, b = (torch.randn(rows, 1000, generator=g).to(dt), torch.randn(1030, 1000, generator=g).to(dt),
-               torch.randn(1030, generator=g).to(dt))
     old = torch.get_num_threads()
     try:
         outs = []
@@ -88,9 +79,24 @@ def test_skinny_linear_row_chunks(level, rows, kind):
     finally:
         torch.set_num_threads(old)
     assert torch.equal(outs[0], outs[1])
+    return outs[1]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 5])
+@pytest.mark.parametrize("kind", ["float32", "bfloat16"])
+def test_skinny_linear_row_chunks(level, rows, kind):
+    """Products big enough that threads claim many chunks of weight rows (about 256 KB each:
+    64 float32 or 128 bfloat16 rows at K = 1000) and prefetch into the next one they claim;
+    N = 1030 leaves a last chunk of 6 rows. Against float64, and bit for bit the same with 1
+    and 2 threads: which thread computes a row must not change it."""
+    g = torch.Generator().manual_seed(rows)
+    dt = getattr(torch, kind)
+    x, w, b = (torch.randn(rows, 1000, generator=g).to(dt), torch.randn(1030, 1000, generator=g).to(dt),
+               torch.randn(1030, generator=g).to(dt))
+    y = _same_at_1_and_2_threads(x, w, b)
     want = _product64(x, w, b)
     tol = dict(rtol=8e-3, atol=5e-2) if kind == "bfloat16" else dict(rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(outs[1].double(), want.to(dt).double() if kind == "bfloat16" else want, **tol)
+    torch.testing.assert_close(y.double(), want.to(dt).double() if kind == "bfloat16" else want, **tol)
 
 
 @pytest.mark.parametrize("rows", [16, 24, 33, 40])
@@ -100,24 +106,13 @@ def test_skinny_linear_panels(level, rows, kind):
     a last panel over or under half full, 3 K blocks with a short last one (K = 600), chunks
     of weight rows with a tail that is not a whole tile (N = 101). Against float64 and torch,
     and bit for bit the same with 1 and 2 threads."""
-    from baton.kernels import _native
-
     g = torch.Generator().manual_seed(rows * 13 + len(kind))
     x, w, b = torch.randn(rows, 600, generator=g), torch.randn(101, 600, generator=g), torch.randn(101, generator=g)
     if kind != "float32":
         w = w.bfloat16()
     if kind == "bfloat16":
         x, b = x.bfloat16(), b.bfloat16()
-    old = torch.get_num_threads()
-    try:
-        outs = []
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            outs.append(_native.skinny_linear(x, w, b))
-    finally:
-        torch.set_num_threads(old)
-    assert torch.equal(outs[0], outs[1])
-    y, want = outs[1], _product64(x, w, b)
+    y, want = _same_at_1_and_2_threads(x, w, b), _product64(x, w, b)
     if kind == "bfloat16":
         torch.testing.assert_close(y.double(), want.bfloat16().double(), rtol=8e-3, atol=5e-2)
         torch.testing.assert_close(y, F.linear(x, w, b), rtol=1.6e-2, atol=5e-2)

@@ -131,7 +131,7 @@ void rows(const BF* x, int64_t M, const BF* w, int64_t K, const float* bias, YT*
 // Many input rows: the panel GEMM (panel_gemm.inc), x packed once into panels of 2W rows.
 template <typename WT, typename YT>
 void panel_gemm(Isa isa, const float* x, int64_t M, const WT* w, int64_t K, const float* bias, YT* y, int64_t N) {
-  const int64_t chunk = generic::panel_chunk_rows(K, std::is_same_v<WT, c10::BFloat16>);
+  const int64_t chunk = generic::panel_chunk_rows(K, std::is_same_v<WT, c10::BFloat16>);  // same on every path
   std::vector<float> xp;
   auto run = [&](int64_t panel, auto pack, auto rows) {
     xp.resize(static_cast<size_t>((M + panel - 1) / panel * panel * K));
@@ -155,8 +155,8 @@ bool panels_for(Isa isa, int64_t M) {
 
 // The widening paths: x as float32, w of type WT, y of type YT. With bfloat16 weights and few
 // rows the vector paths read x rearranged for their paired loads (pair_permute, M x K floats:
-// small beside the weight); with more rows each block of weight rows is widened once; from a
-// full panel of rows on, the panel GEMM.
+// small beside the weight); past 5 column chunks of rows each block of weight rows is widened
+// once; from a full panel of rows on, the panel GEMM.
 template <typename WT, typename YT>
 void widening(Isa isa, const float* x, int64_t M, const WT* w, int64_t K, const float* bias, YT* y,
               int64_t N) {

@@ -203,8 +203,8 @@ def measure(dtype: torch.dtype, rows: int, weight: torch.Tensor, bias: torch.Ten
 def _eviction_buffer(nbytes: int) -> tuple[mmap.mmap, torch.Tensor]:
     """nbytes of float32 ones in an anonymous mapping of their own, outside malloc: the CPU
     engine tells glibc to keep freed memory (engine/host_allocator.py), so a buffer this size
-    from the heap stayed resident after the measurement (+64 MB of RSS per measured shape
-    class, seen by tests/engine/test_validation.py). Closing the map returns it."""
+    from the heap could stay resident after the measurement (up to +64 MB of RSS per measured
+    shape class, seen by tests/engine/test_validation.py). Closing the map returns it."""
     buf = mmap.mmap(-1, nbytes)
     t = torch.frombuffer(buf, dtype=torch.float32)
     t.fill_(1.0)  # untouched pages would all read the one zero page, evicting nothing

@@ -6,6 +6,8 @@ import time
 
 import torch
 
+from baton.models.huge_pages import huge_page_arena, huge_pages_enabled
+
 
 def median_time(fn, repeats: int = 3, warmup: int = 1) -> float:
     for _ in range(warmup):
@@ -40,8 +42,12 @@ def median_ratio(num: list[float], den: list[float]) -> float:
 
 def measure_read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     """Bytes/second this machine streams from DRAM in a reduction over a buffer much larger
-    than the caches (the floor for weight-bound decode)."""
-    x = torch.ones(nbytes // 4, dtype=torch.float32)
+    than the caches (the floor for weight-bound decode). The buffer sits on huge pages where
+    the engine's weights do (models/huge_pages.py), so the floor does not flatter them."""
+    if huge_pages_enabled():
+        x = huge_page_arena(nbytes // 4 * 4).view(torch.float32).fill_(1.0)
+    else:
+        x = torch.ones(nbytes // 4, dtype=torch.float32)
     t = median_time(lambda: x.sum(), repeats=repeats, warmup=1)
     return nbytes / t
 

@@ -50,9 +50,10 @@ def collect() -> dict:
                   "isa_detected": cpu_isa.detected(), "isa_active": None if isa_error else cpu_isa.active(),
                   "isa_runnable": cpu_isa.levels(), "kernel_paths": {} if isa_error else cpu_isa.kernel_paths(),
                   "isa_error": isa_error, "amx_path": "not built", "isa_env": os.environ.get(cpu_isa.ENV)}
-    from baton.models import native_decode
+    from baton.models import huge_pages, native_decode
 
     info["decode_stack"] = native_decode.status()
+    info["huge_pages"] = {"thp_mode": huge_pages.thp_mode(), "weights": huge_pages.huge_pages_enabled()}
     path = cpu_routing.cache_path()
     info["routing"] = {"mode": os.environ.get(cpu_routing.ENV_MODE, "auto"), "cache": str(path),
                        "cache_exists": path.exists(), "entries": cpu_routing.read_entries(path)}
@@ -74,6 +75,11 @@ def format_text(info: dict) -> str:
     for kernel, path in sorted(info["kernel_paths"].items()):
         lines.append(f"  {kernel:<24} {path}")
     lines.append(f"decode stack   : {info['decode_stack']} (every layer of a CPU decode step in one native call)")
+    hp = info["huge_pages"]
+    lines.append(f"huge pages     : weights {'advised' if hp['weights'] else 'off'}"
+                 + ("" if hp["weights"] else " (BATON_HUGE_PAGES=0 or no MADV_HUGEPAGE)")
+                 + f"; kernel THP mode {hp['thp_mode'] or 'unknown'}"
+                 + (" (advice ignored)" if hp["thp_mode"] == "never" else ""))
     lines += [
         f"torch          : {info['torch']}, {info['torch_threads']} threads"
         + (f" (OMP_NUM_THREADS={info['omp_num_threads']})" if info["omp_num_threads"] else ""),

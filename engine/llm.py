@@ -32,6 +32,7 @@ from baton.kernels.registry import get_ops, resolve_backend
 from baton.models import native_decode
 from baton.models.config import load_config
 from baton.models.factory import load_model
+from baton.models.huge_pages import huge_page_share
 from baton.models.image_io import DEFAULT_MAX_IMAGE_PIXELS
 from baton.models.processor import Processor
 
@@ -147,6 +148,7 @@ class LLM:
         self.model = _model if _model is not None else load_model(
             self.model_path, self.model_cfg, self.ops, self.dtype, self.device, check_weights
         )
+        self._huge_share: float | None = None
         self.max_model_len = min(
             max_model_len or DEFAULT_MAX_MODEL_LEN, self.model_cfg.text.max_position_embeddings
         )
@@ -474,6 +476,15 @@ class LLM:
         return [outputs[i] for i in range(len(items))]
 
     # -- introspection ------------------------------------------------------------------------
+    def _weights_huge_page_share(self) -> float:
+        """The share of the weights' resident memory on huge pages (models/huge_pages.py); 0.0
+        when they stay on torch's allocator. Read from /proc once: it is settled when the
+        weights are loaded, and the read costs milliseconds, too much for every metrics scrape."""
+        if self._huge_share is None:
+            placed = getattr(self.model, "huge_page_bytes", 0)
+            self._huge_share = round(huge_page_share(next(self.model.parameters())), 3) if placed else 0.0
+        return self._huge_share
+
     @_locked
     def stats(self) -> dict:
         bm = self.block_manager
@@ -492,6 +503,7 @@ class LLM:
             "waiting": len(self.scheduler.waiting),
             # the native CPU kernel paths (instruction set, native-or-torch per linear shape class,
             # whether decode steps run as one native call)
-            "cpu_kernels": ({**cpu_kernel_stats(), "decode_stack": native_decode.status()}
+            "cpu_kernels": ({**cpu_kernel_stats(), "decode_stack": native_decode.status(),
+                             "weights_on_huge_pages": self._weights_huge_page_share()}
                             if self.device.type == "cpu" else None),
         }

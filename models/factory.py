@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from baton.models.config import ModelConfig
+from baton.models.huge_pages import move_parameters_to_huge_pages
 from baton.models.loader import load_weights
 from baton.models.registry import model_class
 
@@ -52,6 +53,8 @@ def build_empty(cfg: ModelConfig, ops, dtype: torch.dtype, device: torch.device 
     for alias, owner in ties:  # to_empty replaces parameters one by one, which unties them
         mod, _, leaf = alias.rpartition(".")
         setattr(model.get_submodule(mod), leaf, model.get_parameter(owner))
+    # read by llm.stats(); 0 when the weights stay on torch's allocator
+    model.huge_page_bytes = move_parameters_to_huge_pages(model, copy=False) if torch.device(device).type == "cpu" else 0
     with torch.no_grad():
         for module in model.modules():  # buffers computed from the config (rotary frequencies)
             if hasattr(module, "reset_buffers"):

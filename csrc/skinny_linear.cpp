@@ -129,11 +129,16 @@ void rows(const BF* x, int64_t M, const BF* w, int64_t K, const float* bias, YT*
 #endif
 
 // Weight rows per chunk a thread claims on the panel path: a multiple of 12 (whole panel tiles
-// on every path), with bfloat16 rows widened into at most about 192 KB (L2) and float32 rows
-// read in place.
-inline int64_t panel_chunk_rows(int64_t K, bool widen) {
+// on every path); float32 rows are read in place. bfloat16 rows are widened per chunk into
+// about 192 KB (L2) below 64 input rows. From 64 rows on, every chunk streams all of x
+// (M x K floats) past its rows, and that traffic outweighs the widened chunk's L2 residency:
+// at 880 rows and K = 3584 (12.6 MB of x) 12-row chunks ran 1.16x slower than 48-row ones,
+// and a batch-32 bf16 prefill 1.12x slower overall (AVX2 EPYC, 2 threads, A/B in turn); at
+// 64-400 rows the two were within 2%.
+inline int64_t panel_chunk_rows(int64_t K, bool widen, int64_t M) {
   if (!widen) return 48;
-  return std::clamp<int64_t>((int64_t(192) << 10) / (4 * K) / 12 * 12, 12, 48);
+  const int64_t budget = (M >= 64 ? int64_t(768) : int64_t(192)) << 10;
+  return std::clamp<int64_t>(budget / (4 * K) / 12 * 12, 12, 48);
 }
 
 // Many input rows: the panel GEMM (panel_gemm.inc), x packed once into panels of 2W rows.
@@ -141,7 +146,7 @@ inline int64_t panel_chunk_rows(int64_t K, bool widen) {
 // were faster, float32 and bfloat16, on the AVX2 EPYC).
 template <typename WT, typename YT>
 bool panel_gemm(Isa isa, const float* x, int64_t M, const WT* w, int64_t K, const float* bias, YT* y, int64_t N) {
-  const int64_t chunk = panel_chunk_rows(K, std::is_same_v<WT, c10::BFloat16>);
+  const int64_t chunk = panel_chunk_rows(K, std::is_same_v<WT, c10::BFloat16>, M);
   auto run = [&](int64_t panel, auto pack, auto rows) {
     if (M < panel) return false;
     std::vector<float> xp(static_cast<size_t>((M + panel - 1) / panel * panel * K));

@@ -121,6 +121,19 @@ def test_skinny_linear_panels(level, rows, kind):
         torch.testing.assert_close(y, F.linear(x, w.float(), b), rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("rows", [40, 70])
+def test_skinny_linear_panel_chunks_at_many_rows(level, rows):
+    """bfloat16 weights with K = 1300: below 64 input rows a thread's chunk is 24 weight rows
+    (widened into about 192 KB), from 64 on 48 (csrc/skinny_linear.cpp, panel_chunk_rows), so
+    N = 101 ends in a short chunk either way. Against float64, and bit for bit the same with 1
+    and 2 threads."""
+    g = torch.Generator().manual_seed(rows)
+    x, w, b = (torch.randn(rows, 1300, generator=g).bfloat16(), torch.randn(101, 1300, generator=g).bfloat16(),
+               torch.randn(101, generator=g).bfloat16())
+    y = _same_at_1_and_2_threads(x, w, b)
+    torch.testing.assert_close(y.double(), _product64(x, w, b).bfloat16().double(), rtol=8e-3, atol=5e-2)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_heads,num_kv_heads,head_dim,block_size", [(6, 2, 24, 5), (4, 4, 8, 3), (8, 1, 40, 16)])
 def test_paged_decode_every_path(level, threads, dtype, num_heads, num_kv_heads, head_dim, block_size):

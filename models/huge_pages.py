@@ -47,23 +47,29 @@ def thp_mode() -> str | None:
     return m.group(1) if m else None
 
 
-def huge_page_arena(nbytes: int) -> torch.Tensor:
-    """A uint8 tensor of nbytes, 2 MiB-aligned, in a private anonymous mapping advised for
-    huge pages (shared anonymous memory follows the shmem THP setting, usually off). The
-    mapping lives as long as any view of the tensor."""
+def _advised_mapping(nbytes: int) -> tuple[mmap.mmap, int]:
+    """A private anonymous mapping advised for huge pages, and the 2 MiB-aligned offset in
+    it where nbytes start (shared anonymous memory follows the shmem THP setting, usually
+    off)."""
     whole = -(-nbytes // _PMD) * _PMD  # the tail's huge page too
     mm = mmap.mmap(-1, whole + _PMD, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     mm.madvise(mmap.MADV_HUGEPAGE)  # before the first touch, so the faults allocate huge pages
-    base = torch.frombuffer(mm, dtype=torch.uint8)
-    start = -base.data_ptr() % _PMD
-    return base[start:start + nbytes]
+    return mm, -torch.frombuffer(mm, dtype=torch.uint8, count=1).data_ptr() % _PMD
+
+
+def huge_page_arena(nbytes: int) -> torch.Tensor:
+    """A uint8 tensor of nbytes on huge pages, 2 MiB-aligned. The mapping lives as long as
+    the tensor."""
+    mm, start = _advised_mapping(nbytes)
+    return torch.frombuffer(mm, dtype=torch.uint8, count=nbytes, offset=start)
 
 
 def move_parameters_to_huge_pages(model: nn.Module, copy: bool = True) -> int:
-    """Rebinds every CPU parameter of `model` into one huge-page arena; parameters that
-    share a tensor keep sharing one. copy=False skips copying the values, for weights not
-    yet filled (it would only touch pages that are overwritten next). Returns the arena's
-    size in bytes (0 when disabled or when the model has no CPU parameters)."""
+    """Rebinds every CPU parameter of `model` into one mapping on huge pages, each with a
+    storage of its own (so saving a state dict works as before); parameters that share a
+    tensor keep sharing one. copy=False skips copying the values, for weights not yet filled
+    (it would only touch pages that are overwritten next). Returns the mapping's used size in
+    bytes (0 when disabled or when the model has no CPU parameters)."""
     if not huge_pages_enabled():
         return 0
     params = [p for p in model.parameters() if p.device.type == "cpu"]  # ties listed once
@@ -73,10 +79,10 @@ def move_parameters_to_huge_pages(model: nn.Module, copy: bool = True) -> int:
         total += -(-p.numel() * p.element_size() // _ALIGN) * _ALIGN
     if total == 0:
         return 0
-    arena = huge_page_arena(total)
+    mm, start = _advised_mapping(total)
     with torch.no_grad():
         for p, off in zip(params, offsets):
-            dest = arena[off:off + p.numel() * p.element_size()].view(p.dtype).view(p.shape)
+            dest = torch.frombuffer(mm, dtype=p.dtype, count=p.numel(), offset=start + off).view(p.shape)
             if copy:
                 dest.copy_(p.data)
             p.data = dest

@@ -27,6 +27,8 @@ def test_parameters_keep_values_and_ties_in_one_arena():
     for n, p in m.named_parameters():
         assert torch.equal(p, before[n]), n
     assert m.head.weight is m.embed.weight
+    for p in m.parameters():  # a storage each: torch.save and safetensors see separate tensors
+        assert p.untyped_storage().nbytes() == p.numel() * p.element_size()
     ptrs = sorted(p.data_ptr() for p in m.parameters())
     assert all(p % 256 == 0 for p in ptrs)
     assert ptrs[-1] - ptrs[0] < nbytes

@@ -1,4 +1,6 @@
 """CPU weights on transparent huge pages (models/huge_pages.py)."""
+import mmap
+
 import pytest
 import torch
 from torch import nn
@@ -48,8 +50,10 @@ def test_the_arena_is_backed_by_huge_pages_where_heap_memory_is_not():
     arena = huge_page_arena(3 << 20).view(torch.float32)
     arena.fill_(1.0)
     assert huge_page_share(arena) > 0.5
-    if huge_pages.thp_mode() == "madvise":  # unadvised memory stays on 4 KiB pages
-        plain = torch.ones(3 << 20, dtype=torch.uint8)
+    if huge_pages.thp_mode() == "madvise":  # the same kind of mapping, not advised: 4 KiB pages
+        mm = mmap.mmap(-1, 6 << 20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        plain = torch.frombuffer(mm, dtype=torch.uint8)
+        plain.fill_(1)
         assert huge_page_share(plain) == 0.0
 
 

@@ -99,15 +99,17 @@ def test_skinny_linear_row_chunks(level, rows, kind):
     torch.testing.assert_close(y.double(), want.to(dt).double() if kind == "bfloat16" else want, **tol)
 
 
-@pytest.mark.parametrize("rows", [16, 24, 33, 40])
+@pytest.mark.parametrize("rows,k", [(16, 600), (24, 600), (33, 600), (40, 600), (40, 1300), (70, 1300)])
 @pytest.mark.parametrize("kind", ["float32", "float32 x bf16 weight", "bfloat16"])
-def test_skinny_linear_panels(level, rows, kind):
+def test_skinny_linear_panels(level, rows, k, kind):
     """Enough input rows for the panel GEMM (a full panel: 16 rows on AVX2, 32 on AVX-512):
     a last panel over or under half full, 3 K blocks with a short last one (K = 600), chunks
-    of weight rows with a tail that is not a whole tile (N = 101). Against float64 and torch,
-    and bit for bit the same with 1 and 2 threads."""
-    g = torch.Generator().manual_seed(rows * 13 + len(kind))
-    x, w, b = torch.randn(rows, 600, generator=g), torch.randn(101, 600, generator=g), torch.randn(101, generator=g)
+    of weight rows with a tail that is not a whole tile (N = 101). At K = 1300 a thread's chunk
+    of bfloat16 weight rows is 24 rows below 64 input rows (widened into about 192 KB) and 48
+    from 64 on (csrc/skinny_linear.cpp, panel_chunk_rows). Against float64 and torch, and bit
+    for bit the same with 1 and 2 threads."""
+    g = torch.Generator().manual_seed(rows * 13 + len(kind) + k)
+    x, w, b = torch.randn(rows, k, generator=g), torch.randn(101, k, generator=g), torch.randn(101, generator=g)
     if kind != "float32":
         w = w.bfloat16()
     if kind == "bfloat16":
@@ -119,19 +121,6 @@ def test_skinny_linear_panels(level, rows, kind):
     else:
         torch.testing.assert_close(y.double(), want, rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(y, F.linear(x, w.float(), b), rtol=1e-5, atol=1e-4)
-
-
-@pytest.mark.parametrize("rows", [40, 70])
-def test_skinny_linear_panel_chunks_at_many_rows(level, rows):
-    """bfloat16 weights with K = 1300: below 64 input rows a thread's chunk is 24 weight rows
-    (widened into about 192 KB), from 64 on 48 (csrc/skinny_linear.cpp, panel_chunk_rows), so
-    N = 101 ends in a short chunk either way. Against float64, and bit for bit the same with 1
-    and 2 threads."""
-    g = torch.Generator().manual_seed(rows)
-    x, w, b = (torch.randn(rows, 1300, generator=g).bfloat16(), torch.randn(101, 1300, generator=g).bfloat16(),
-               torch.randn(101, generator=g).bfloat16())
-    y = _same_at_1_and_2_threads(x, w, b)
-    torch.testing.assert_close(y.double(), _product64(x, w, b).bfloat16().double(), rtol=8e-3, atol=5e-2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

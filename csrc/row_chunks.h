@@ -5,10 +5,8 @@
 // thread that finished first spun in the OpenMP barrier for about a tenth of a bfloat16 decode
 // step (perf, bench-0.5b, 2 threads). Here threads claim chunks of rows from a shared counter
 // as they finish the last one, so the faster thread reads more: decode steps 3-5% faster at
-// bench-0.5b size, batch 1 and 32 (A/B in turn in one process, 2 threads). Each thread claims
-// its next chunk before it starts the current one and the kernel prefetches into it (n_next),
-// so the stream of weight rows does not pause between chunks. Every output row is computed by the
-// same code whichever thread takes it: results do not depend on the split.
+// bench-0.5b size, batch 1 and 32 (A/B in turn in one process, 2 threads). Every output row is
+// computed by the same code whichever thread takes it: results do not depend on the split.
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -21,22 +19,20 @@
 
 namespace baton {
 
-// Rows per chunk: about 256 KB of weights (many chunks per thread at decode sizes, each long
-// enough for the prefetch to run ahead), a multiple of the 4-row block, at least 16.
+// Rows per chunk: about 256 KB of weights (many chunks per thread at decode sizes, each cut
+// into 4 streams long enough for the hardware prefetcher), a multiple of 4, at least 16.
 inline int64_t chunk_rows(int64_t K, int64_t elem_bytes) {
   const int64_t rows = (int64_t(256) << 10) / std::max<int64_t>(1, K * elem_bytes);
   return std::max<int64_t>(16, rows / 4 * 4);
 }
 
-// fn(n0, n1, n_next) over [0, N) in chunks of at most `chunk` rows, and at least 4 per thread
-// (a thread claims one ahead: with 2 chunks, one thread could take both); n_next is the first
-// row of the chunk the same thread runs next, or -1. Serial (one call) with one thread, inside
-// another parallel region, for fewer than 8 rows a thread, or under a quarter of a full chunk
-// (64 KB of weights: less work than waking the other threads).
+// fn(n0, n1) over [0, N) in chunks of at most `chunk` rows, and at least 4 per thread. Serial
+// (one call) with one thread, inside another parallel region, for fewer than 8 rows a thread,
+// or under a quarter of a full chunk (64 KB of weights: less work than waking the other threads).
 template <typename F>
 void for_row_chunks(int64_t N, int64_t chunk, const F& fn) {
   const int threads = at::get_num_threads();
-  if (threads <= 1 || at::in_parallel_region() || N < 8 * threads || 4 * N <= chunk) return fn(0, N, -1);
+  if (threads <= 1 || at::in_parallel_region() || N < 8 * threads || 4 * N <= chunk) return fn(0, N);
   chunk = std::min(chunk, (N + 4 * threads - 1) / (4 * threads) + 3) / 4 * 4;
   std::atomic<int64_t> next{0};
   std::atomic_flag failed = ATOMIC_FLAG_INIT;
@@ -45,12 +41,8 @@ void for_row_chunks(int64_t N, int64_t chunk, const F& fn) {
   {
     try {
       c10::ParallelGuard guard(true);
-      int64_t cur = next.fetch_add(chunk);
-      while (cur < N) {
-        const int64_t after = next.fetch_add(chunk);
-        fn(cur, std::min(N, cur + chunk), after < N ? after : -1);
-        cur = after;
-      }
+      for (int64_t cur = next.fetch_add(chunk); cur < N; cur = next.fetch_add(chunk))
+        fn(cur, std::min(N, cur + chunk));
     } catch (...) {
       if (!failed.test_and_set()) error = std::current_exception();
     }

@@ -6,10 +6,9 @@
 // slower than M = 1 (a GEMV) although they read the same bytes (bench/kernels/
 // test_bench_linear.py). Here each weight row is read from memory once: a block of R rows is
 // dotted with every input row while it sits in L1/L2, so the time stays near the weight-read
-// time. Threads take the weight rows (output columns) in chunks (row_chunks.h). While one
-// block of rows is read, the next is prefetched in order: on an AVX2 EPYC that took the
-// bfloat16 GEMV at K = 1024 from about 7 to 10-11 GB/s on one thread
-// (bench/kernels/gemv_bandwidth.py).
+// time. Threads take the weight rows (output columns) in chunks (row_chunks.h), and read each
+// chunk as 4 long sequential streams (rows() in skinny_body.inc): on an AVX2 EPYC that ran
+// the GEMV faster than a single-stream read of the same bytes (bench/kernels/gemv_bandwidth.py).
 //
 // From a full panel of input rows on (16 on AVX2, 32 on AVX-512) the product is compute-bound
 // and runs the panel GEMM instead (panel_gemm.inc): 1.2-1.3x the row-block tiles at 32-800
@@ -71,58 +70,56 @@ inline __m512bh load32(const BF* p) {
   return (__m512bh)_mm512_loadu_si512(reinterpret_cast<const void*>(p));
 }
 
-// R weight rows against C input rows, both bfloat16: vdpbf16ps multiplies pairs exactly and
-// adds them into float32 sums. 4 x 4 uses 21 of the 32 zmm registers.
-// pf: the next block of R rows, prefetched in order as this one is read (see skinny_body.inc).
+// R weight rows (ldw values apart; outputs ys apart) against C input rows, both bfloat16:
+// vdpbf16ps multiplies pairs exactly and adds them into float32 sums. 4 x 4 uses 21 of the 32
+// zmm registers. Each step reads one cache line per row (see rows() in skinny_body.inc).
 template <int R, int C, typename YT>
-void tile(const BF* x, const BF* w, int64_t K, const float* bias, YT* y, int64_t ldy,
-          const char* pf) {
-  constexpr int64_t kStepBytes = int64_t(R) * 32 * sizeof(BF);
+void tile(const BF* x, const BF* w, int64_t ldw, int64_t K, const float* bias, YT* y, int64_t ldy,
+          int64_t ys) {
   __m512 acc[R][C];
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c] = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
-    if (pf) {
-      for (int64_t b = 0; b < kStepBytes; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
-      pf += kStepBytes;
-    }
+    avx512::prefetch_rows<R>(w, ldw, k);
     __m512bh xv[C];
     for (int c = 0; c < C; ++c) xv[c] = load32(x + c * K + k);
     for (int r = 0; r < R; ++r) {
-      const __m512bh wv = load32(w + r * K + k);
+      const __m512bh wv = load32(w + r * ldw + k);
       for (int c = 0; c < C; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], wv, xv[c]);
     }
   }
   for (int r = 0; r < R; ++r) {
     for (int c = 0; c < C; ++c) {
       float s = _mm512_reduce_add_ps(acc[r][c]);
-      for (int64_t t = k; t < K; ++t) s += static_cast<float>(w[r * K + t]) * static_cast<float>(x[c * K + t]);
-      y[c * ldy + r] = YT(bias ? s + bias[r] : s);
+      for (int64_t t = k; t < K; ++t) s += static_cast<float>(w[r * ldw + t]) * static_cast<float>(x[c * K + t]);
+      y[c * ldy + r * ys] = YT(bias ? s + bias[r * ys] : s);
     }
   }
 }
 
 template <int R, typename YT>
-void row_block(const BF* x, int64_t M, const BF* w, int64_t K, const float* bias, YT* y,
-               int64_t ldy, const char* pf) {
+void row_block(const BF* x, int64_t M, const BF* w, int64_t ldw, int64_t K, const float* bias, YT* y,
+               int64_t ldy, int64_t ys) {
   int64_t m = 0;
-  for (; m + 4 <= M; m += 4, pf = nullptr) tile<R, 4>(x + m * K, w, K, bias, y + m * ldy, ldy, pf);
+  for (; m + 4 <= M; m += 4) tile<R, 4>(x + m * K, w, ldw, K, bias, y + m * ldy, ldy, ys);
   const int64_t rem = M - m;
   x += m * K;
   y += m * ldy;
-  if (rem == 3) tile<R, 3>(x, w, K, bias, y, ldy, pf);
-  if (rem == 2) tile<R, 2>(x, w, K, bias, y, ldy, pf);
-  if (rem == 1) tile<R, 1>(x, w, K, bias, y, ldy, pf);
+  if (rem == 3) tile<R, 3>(x, w, ldw, K, bias, y, ldy, ys);
+  if (rem == 2) tile<R, 2>(x, w, ldw, K, bias, y, ldy, ys);
+  if (rem == 1) tile<R, 1>(x, w, ldw, K, bias, y, ldy, ys);
 }
 
+// As rows() in skinny_body.inc: 4 runs of the chunk read side by side, then the last rows.
 template <typename YT>
 void rows(const BF* x, int64_t M, const BF* w, int64_t K, const float* bias, YT* y, int64_t N,
-          int64_t n0, int64_t n1, int64_t n_next) {
-  int64_t n = n0;
-  for (; n + 4 <= n1; n += 4)
-    row_block<4>(x, M, w + n * K, K, bias ? bias + n : nullptr, y + n, N, avx512::row_ahead(w, K, N, n, 4, n1, n_next));
-  for (; n < n1; ++n) row_block<1>(x, M, w + n * K, K, bias ? bias + n : nullptr, y + n, N, nullptr);
+          int64_t n0, int64_t n1) {
+  const int64_t run = (n1 - n0) / 4;
+  for (int64_t n = n0; n < n0 + run; ++n)
+    row_block<4>(x, M, w + n * K, run * K, K, bias ? bias + n : nullptr, y + n, N, run);
+  for (int64_t n = n0 + 4 * run; n < n1; ++n)
+    row_block<1>(x, M, w + n * K, K, K, bias ? bias + n : nullptr, y + n, N, 1);
 }
 }  // namespace avx512bf16
 #pragma GCC pop_options
@@ -151,7 +148,7 @@ bool panel_gemm(Isa isa, const float* x, int64_t M, const WT* w, int64_t K, cons
     if (M < panel) return false;
     std::vector<float> xp(static_cast<size_t>((M + panel - 1) / panel * panel * K));
     pack(x, M, K, xp.data());
-    for_row_chunks(N, chunk, [&](int64_t n0, int64_t n1, int64_t) { rows(xp.data(), M, w, K, bias, y, N, n0, n1); });
+    for_row_chunks(N, chunk, [&](int64_t n0, int64_t n1) { rows(xp.data(), M, w, K, bias, y, N, n0, n1); });
     return true;
   };
 #if defined(__x86_64__)
@@ -184,12 +181,12 @@ void widening(Isa isa, const float* x, int64_t M, const WT* w, int64_t K, const 
     }
   }
 #endif
-  for_row_chunks(N, chunk_rows(K, sizeof(WT)), [&](int64_t n0, int64_t n1, int64_t n_next) {
+  for_row_chunks(N, chunk_rows(K, sizeof(WT)), [&](int64_t n0, int64_t n1) {
 #if defined(__x86_64__)
-    if (isa >= Isa::kAvx512) return avx512::rows(x, M, w, K, bias, y, N, n0, n1, n_next);
-    if (isa == Isa::kAvx2) return avx2::rows(x, M, w, K, bias, y, N, n0, n1, n_next);
+    if (isa >= Isa::kAvx512) return avx512::rows(x, M, w, K, bias, y, N, n0, n1);
+    if (isa == Isa::kAvx2) return avx2::rows(x, M, w, K, bias, y, N, n0, n1);
 #endif
-    generic::rows(x, M, w, K, bias, y, N, n0, n1, n_next);
+    generic::rows(x, M, w, K, bias, y, N, n0, n1);
   });
 }
 
@@ -226,8 +223,8 @@ at::Tensor skinny_linear_cpu(const at::Tensor& x, const at::Tensor& w,
     const BF* xp = x.data_ptr<BF>();
     const BF* wp = w.data_ptr<BF>();
     BF* yp = y.data_ptr<BF>();
-    for_row_chunks(N, chunk_rows(K, sizeof(BF)), [&](int64_t n0, int64_t n1, int64_t n_next) {
-      avx512bf16::rows(xp, M, wp, K, bp, yp, N, n0, n1, n_next);
+    for_row_chunks(N, chunk_rows(K, sizeof(BF)), [&](int64_t n0, int64_t n1) {
+      avx512bf16::rows(xp, M, wp, K, bp, yp, N, n0, n1);
     });
     return y;
   }

@@ -15,6 +15,7 @@
 #include "rms_norm_cpu.h"
 #include "scoring.h"
 #include "skinny_linear.h"
+#include "stream_read.h"
 
 namespace {
 
@@ -280,6 +281,13 @@ bool with_cuda() {
 #endif
 }
 
+uint32_t stream_read_sum(const at::Tensor& x, int64_t streams) {
+  TORCH_CHECK_VALUE(x.is_cpu() && x.is_contiguous(), "stream_read_sum: x must be a contiguous CPU tensor");
+  TORCH_CHECK_VALUE(streams == 1 || streams == 2 || streams == 4 || streams == 8,
+                    "stream_read_sum: streams must be 1, 2, 4 or 8, got ", streams);
+  return baton::stream_read_sum(x, streams);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -321,6 +329,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("slots"), py::arg("block_tables"),
            py::arg("context_lens"), py::arg("native"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("num_layers", &baton::DecodeStack::num_layers);
+  m.def("stream_read_sum", &stream_read_sum,
+        "sum mod 2^32 of a CPU tensor's bytes as 32-bit words, each thread reading its share as "
+        "`streams` runs side by side (the benches' read floor)",
+        py::arg("x"), py::arg("streams"), py::call_guard<py::gil_scoped_release>());
   m.def("cpu_isa", &cpu_isa, "the instruction-set path the CPU kernels run now");
   m.def("cpu_isa_detected", &cpu_isa_detected, "the best instruction-set path this CPU runs");
   m.def("cpu_isa_levels", &baton::cpu::runnable_isas, "every path this CPU runs, lowest first");

@@ -6,8 +6,8 @@ script answers a queue.
     python bench/batched_decode.py [--dtypes bfloat16 float32] [--batches 1 2 4 8 16 32 64]
 
 Per B (best of --repeats): ms per decode step (each of the last new_tokens - 1 steps: wall
-time of B requests for new_tokens tokens minus that of B requests for one token), its share of the floor (decoder +
-head weight bytes / measured read bandwidth), and aggregate tokens/s over the whole run
+time of B requests for new_tokens tokens minus that of B requests for one token), its share of the floor (the time to read the
+decoder's and head's weights once by the fastest plain read: bench/common.weights_read_time), and aggregate tokens/s over the whole run
 (prefill included) against transformers one by one on the same prompts; decode tokens/s (B / step)
 against transformers' batch-1 decode tokens/s.
 """
@@ -22,7 +22,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import cpu_flags, measure_read_bandwidth, median_time, print_table, weight_bytes  # noqa: E402
+from bench.common import (cpu_flags, decode_weights, measure_read_bandwidth, median_time, print_table,  # noqa: E402
+                          weights_read_time)
 from bench.e2e_vs_transformers import native_paths_line  # noqa: E402
 from baton import LLM, SamplingParams  # noqa: E402
 from baton.models.synthetic import ensure_checkpoint  # noqa: E402
@@ -82,12 +83,14 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     path = ensure_checkpoint(args.preset)
     bandwidth = measure_read_bandwidth()
-    print(f"{args.preset}; read bandwidth {bandwidth / 1e9:.1f} GB/s; threads {torch.get_num_threads()}")
+    print(f"{args.preset}; read bandwidth (torch sum over 1 GB) {bandwidth / 1e9:.1f} GB/s; "
+          f"threads {torch.get_num_threads()}")
     print(native_paths_line())
     for dtype in args.dtypes:
         llm = LLM(str(path), device="cpu", dtype=dtype, attention_backend="torch", enable_prefix_caching=False,
                   max_num_seqs=max(args.batches))
-        floor = weight_bytes(llm.model) / bandwidth
+        floor, floor_read = weights_read_time(decode_weights(llm.model))
+        print(f"{dtype} floor: {floor * 1e3:.1f} ms ({floor_read})")
         for batch in args.batches:  # warm-up: the routing measures each row class on first use
             baton_run(llm, batch, 2)
         rows = []

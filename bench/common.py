@@ -52,17 +52,48 @@ def measure_read_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
     return nbytes / t
 
 
-def weight_bytes(model: torch.nn.Module, text_only: bool = True) -> int:
-    """Bytes read per decode step: the text decoder's weights plus the LM head."""
-    seen, total = set(), 0
+def decode_weights(model: torch.nn.Module, text_only: bool = True) -> list[torch.Tensor]:
+    """The tensors a decode step reads: the text decoder's parameters and the LM head, each
+    once (a tied head shares the embedding's storage)."""
+    seen, tensors = set(), []
     for name, p in model.named_parameters():
-        if text_only and name.startswith("visual."):
-            continue
-        if p.data_ptr() in seen:
+        if (text_only and name.startswith("visual.")) or p.data_ptr() in seen:
             continue
         seen.add(p.data_ptr())
-        total += p.numel() * p.element_size()
-    return total
+        tensors.append(p.detach())
+    return tensors
+
+
+def weight_bytes(model: torch.nn.Module, text_only: bool = True) -> int:
+    """Bytes read per decode step: the text decoder's weights plus the LM head."""
+    return sum(t.numel() * t.element_size() for t in decode_weights(model, text_only))
+
+
+def plain_reads() -> dict:
+    """Ways to read a tensor once: torch's sum (each thread's share as one stream) and, with
+    the native build, stream_read_sum's runs side by side (csrc/stream_read.cpp)."""
+    reads = {"torch sum": lambda t: t.sum()}
+    try:
+        from baton.kernels import _native
+    except ImportError:
+        return reads
+    for s in (1, 2, 4, 8):
+        reads[f"{s} stream{'s' if s > 1 else ''}/thread"] = lambda t, s=s: _native.stream_read_sum(t, s)
+    return reads
+
+
+def weights_read_time(tensors: list[torch.Tensor], repeats: int = 3) -> tuple[float, str]:
+    """The decode floor: seconds to read every tensor once, one after another (as a decode
+    step's products do), by the fastest plain read this machine has, and which read that was.
+    Each candidate is the median of `repeats` passes, the candidates run in turn (paired_times).
+    A single-stream read is not enough: the skinny GEMM, reading 4 streams per thread, beat
+    torch's sum over the same weights on the AVX2 EPYC."""
+    reads = plain_reads()
+    contiguous = [t if t.is_contiguous() else t.contiguous() for t in tensors]
+    times = paired_times({name: (lambda r=r: [r(t) for t in contiguous]) for name, r in reads.items()},
+                         repeats=repeats)
+    best = min(times, key=lambda name: statistics.median(times[name]))
+    return statistics.median(times[best]), best
 
 
 def print_table(headers: list[str], rows: list[list]) -> None:

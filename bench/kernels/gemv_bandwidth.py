@@ -1,6 +1,7 @@
 """Decode-shaped GEMVs (one input row) as a forward pass sees them: each product reads a
 different weight, so every weight comes from DRAM. Reports GB/s of the native skinny GEMM and
-of F.linear beside a plain read of the same number of bytes (the floor decode can reach).
+of F.linear beside the fastest plain read of the same weights (bench/common.weights_read_time:
+torch's sum or 1-8 streams per thread; the floor decode can reach).
 
     python bench/kernels/gemv_bandwidth.py [--threads 1] [--dtypes bfloat16 float32]
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from bench.common import cpu_flags, median_ratio, paired_times, print_table  # noqa: E402
+from bench.common import cpu_flags, median_ratio, paired_times, plain_reads, print_table, weights_read_time  # noqa: E402
 from baton.kernels import _native, cpu_isa  # noqa: E402
 from baton.kernels.cpu_routing import last_level_cache_bytes  # noqa: E402
 
@@ -47,14 +48,15 @@ def main() -> None:
             ws = [torch.randn(n, k).to(dt) for _ in range(copies)]
             x = torch.randn(1, k).to(dt)
             total = per * copies
-            plain = torch.ones(total // 4)
+            read = plain_reads()[weights_read_time(ws)[1]]
             t = paired_times({"native": lambda: [_native.skinny_linear(x, w, None) for w in ws],
-                              "torch": lambda: [F.linear(x, w) for w in ws], "read": plain.sum}, args.repeats)
+                              "torch": lambda: [F.linear(x, w) for w in ws], "read": lambda: [read(w) for w in ws]},
+                             args.repeats)
             gbs = {k: f"{total / statistics.median(v) / 1e9:.1f}" for k, v in t.items()}
             rows.append([dtype, name, f"{n}x{k}", copies, gbs["native"], gbs["torch"], gbs["read"],
                          f"{median_ratio(t['read'], t['native']):.0%}"])
-            del ws, plain
-    print_table(["dtype", "shape", "N x K", "weights", "native GB/s", "F.linear GB/s", "plain read GB/s",
+            del ws
+    print_table(["dtype", "shape", "N x K", "weights", "native GB/s", "F.linear GB/s", "fastest read GB/s",
                  "native / read"], rows)
 
 

@@ -36,9 +36,10 @@ from baton.kernels import cpu_isa
 
 ENV_MODE = "BATON_CPU_KERNELS"
 MODES = ("auto", "native", "torch", "static")
-SCHEMA = 5  # 3: entries carry "reliable"; 4: timed with the weight evicted from the caches;
+SCHEMA = 6  # 3: entries carry "reliable"; 4: timed with the weight evicted from the caches;
 # 5: the native kernel gained the panel GEMM (many rows) and widens bf16 in registers up to 5
-# column chunks, so older timings of it are stale
+# column chunks, so older timings of it are stale; 6: below a panel of rows it reads each chunk of
+# weight rows as 4 streams (1.0-1.3x faster), so older timings of it there undersell it
 FILE_NAME = "cpu_routing.json"
 # The static rule: up to this many float32 rows the native kernel beat the BLAS sgemm at
 # Qwen3-VL-2B shapes on the AVX2 development CPU (1.07-2.0x at 64-128 rows, 0.86-1.18x at 256).

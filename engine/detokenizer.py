@@ -34,6 +34,14 @@ class IncrementalDetokenizer:
         self._hold = max((len(s) for s in self.stop), default=1) - 1
         self.stopped = False  # a stop string matched; `text` is cut before it
 
+    def replay(self, token_ids: list[int], emitted: int) -> None:
+        """Reads tokens generated earlier (a request resumed elsewhere) of which `emitted`
+        characters were already handed out as deltas; later adds continue from them exactly as
+        if this detokenizer had seen every token."""
+        for t in token_ids:
+            self.add(t)
+        self._emitted = min(emitted, len(self.text))
+
     def add(self, token_id: int) -> bool:
         """Appends one generated token; True when a stop string has just matched."""
         if self.stopped:

@@ -14,6 +14,7 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from baton.engine.detokenizer import IncrementalDetokenizer
 from baton.engine.openai_protocol import ApiError
 from baton.engine.outputs import RequestOutput
 from baton.engine.sampling_params import SamplingParams
@@ -60,6 +61,12 @@ class RemoteStream:
         self.tried: list[str] = []
         self._gen = None
         self._base: RequestOutput | None = None  # the output when the current attempt began
+        # A resumed attempt's replica sees the earlier tokens as prompt, so its text lacks the
+        # bytes of a character those tokens left unfinished (and a stop string that spans the
+        # cut): from the first resume on, the text comes from this detokenizer over all tokens.
+        self._detok: IncrementalDetokenizer | None = None
+        self._emitted = 0  # characters handed out as deltas
+        self._cut = False  # that detokenizer ended the request while its replica still ran
         self._first: RequestOutput | None = None
         self._last: RequestOutput | None = None
         self.retries = 0
@@ -121,6 +128,10 @@ class RemoteStream:
                 if marker is not None:
                     raise BatonError(f"replica {name} answered out of protocol: {type(marker).__name__}")
                 self._base = self._last
+                if self._base is not None:
+                    self._detok = IncrementalDetokenizer(client.remote_model(self.kind).processor.decode,
+                                                         self.params.stop)
+                    self._detok.replay(list(self._base.token_ids), self._emitted)
                 client.router.mark_ok(name)
                 return
             except asyncio.CancelledError:
@@ -165,6 +176,7 @@ class RemoteStream:
                 error = e
             else:
                 out = self._merge(item)
+                self._emitted += len(out.delta)
                 if out.finished:
                     self._end(out)
                 return out
@@ -197,17 +209,34 @@ class RemoteStream:
             if stats is not None and base.token_stats is not None:
                 stats = {k: list(base.token_stats.get(k, [])) + list(v) for k, v in stats.items()}
             item = replace(item, prompt_token_ids=base.prompt_token_ids,
-                           token_ids=list(base.token_ids) + list(item.token_ids), text=base.text + item.text,
+                           token_ids=list(base.token_ids) + list(item.token_ids),
                            logprobs=logprobs, token_stats=stats, num_cached_tokens=base.num_cached_tokens,
                            num_vision_encoder_calls=base.num_vision_encoder_calls + item.num_vision_encoder_calls,
                            metrics=replace(item.metrics, arrival_time=base.metrics.arrival_time,
                                            first_token_time=base.metrics.first_token_time))
+            item = self._retext(item)
         self._last = item
         return item
 
+    def _retext(self, item: RequestOutput) -> RequestOutput:
+        """A resumed attempt's output with its text (and delta) from the stream's own
+        detokenizer; a stop string found there ends the request as the engine would have."""
+        detok, seen = self._detok, len(self._last.token_ids) if self._last is not None else 0
+        ids = list(item.token_ids)
+        for i in range(seen, len(ids)):
+            if detok.add(ids[i]):
+                self._cut, n = not item.finished, i + 1
+                stats = None if item.token_stats is None else {k: v[:n] for k, v in item.token_stats.items()}
+                item = replace(item, token_ids=ids[:n], finish_reason="stop", token_stats=stats,
+                               logprobs=None if item.logprobs is None else item.logprobs[:n])
+                break
+        if item.finished:
+            detok.flush()
+        return replace(item, text=detok.text, delta=detok.delta(item.finished))
+
     def _end(self, out: RequestOutput | None) -> None:
         self.finished = True
-        self._detach(cancel=out is None or not out.finished)
+        self._detach(cancel=out is None or not out.finished or self._cut)
         if out is not None and self.notify:
             self.client.notify(self.model, out)
 

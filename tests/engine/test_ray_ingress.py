@@ -238,6 +238,49 @@ def test_a_replica_dying_mid_stream_resumes_elsewhere_with_the_same_tokens(dirs,
     assert out.prompt_token_ids == want.prompt_token_ids
 
 
+def _cut_inside_a_character(llm, params):
+    """A prompt whose greedy output, cut after some token (the third or later: text on both
+    sides), ends inside a character (bytes the detokenizer holds back), its output and that
+    token count."""
+    for text in ("Keep going.", "Go on.", "Continue, please.", "More.", "And then?", "Tell me more."):
+        messages = [{"role": "user", "content": text}]
+        out = llm.chat(messages, params)[0]
+        for cut in range(3, len(out.token_ids) - 3):
+            if llm.processor.decode(out.token_ids[:cut]).endswith("\ufffd"):
+                return messages, out, cut
+    pytest.fail("no greedy output here ends inside a character after any token: try other prompts")
+
+
+@pytest.mark.parametrize("stop_across_the_cut", [False, True])
+def test_a_resume_inside_a_character_keeps_the_uninterrupted_text(dirs, replicas, offline, stop_across_the_cut):
+    """The resumed replica sees the earlier tokens as prompt: the bytes of a character they
+    left unfinished, and a stop string spanning the cut, must still come out as in one run."""
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    messages, want, cut = _cut_inside_a_character(offline["small"], params)
+    if stop_across_the_cut:
+        before = offline["small"].processor.decode(want.token_ids[:cut]).rstrip("\ufffd")
+        stop = want.text[max(0, len(before) - 2):len(before) + 3]
+        assert want.text.find(stop) + len(stop) > len(before)  # it first matches past the cut
+        params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True, stop=[stop])
+        want = offline["small"].chat(messages, params)[0]
+        assert want.finish_reason == "stop" and len(want.token_ids) > cut
+
+    async def main():
+        client = make_client(dirs, replicas)
+        await client.connect()
+        preferred = client.router.preference("small", chat_key(messages, 256))[0]
+        replicas[preferred].die_after = cut
+        deltas, out = [], None
+        async for out in await client.add_chat(messages, params, model="tiny"):
+            deltas.append(out.delta)
+        return client, out, "".join(deltas)
+
+    client, out, joined = asyncio.run(asyncio.wait_for(main(), 120))
+    assert client.retries == 1
+    assert (out.token_ids, out.text, out.finish_reason) == (want.token_ids, want.text, want.finish_reason)
+    assert joined == want.text
+
+
 def test_no_replica_left_is_a_clean_error_not_a_hang(dirs, replicas):
     from baton.engine.openai_protocol import ApiError
 

@@ -50,4 +50,14 @@ void for_row_chunks(int64_t N, int64_t chunk, const F& fn) {
   if (error) std::rethrow_exception(error);
 }
 
+// A thread's chunk [n0, n1) as the skinny GEMM reads it (rows() in skinny_body.inc): 4 equal
+// runs side by side, block4(n, run) for each n in [n0, n0 + run) taking rows n, n + run,
+// n + 2 run and n + 3 run; then single(n) for each of the last (n1 - n0) % 4 rows.
+template <typename Block4, typename Single>
+void for_row_runs(int64_t n0, int64_t n1, const Block4& block4, const Single& single) {
+  const int64_t run = (n1 - n0) / 4;
+  for (int64_t n = n0; n < n0 + run; ++n) block4(n, run);
+  for (int64_t n = n0 + 4 * run; n < n1; ++n) single(n);
+}
+
 }  // namespace baton

@@ -115,11 +115,10 @@ void row_block(const BF* x, int64_t M, const BF* w, int64_t ldw, int64_t K, cons
 template <typename YT>
 void rows(const BF* x, int64_t M, const BF* w, int64_t K, const float* bias, YT* y, int64_t N,
           int64_t n0, int64_t n1) {
-  const int64_t run = (n1 - n0) / 4;
-  for (int64_t n = n0; n < n0 + run; ++n)
-    row_block<4>(x, M, w + n * K, run * K, K, bias ? bias + n : nullptr, y + n, N, run);
-  for (int64_t n = n0 + 4 * run; n < n1; ++n)
-    row_block<1>(x, M, w + n * K, K, K, bias ? bias + n : nullptr, y + n, N, 1);
+  for_row_runs(
+      n0, n1,
+      [&](int64_t n, int64_t run) { row_block<4>(x, M, w + n * K, run * K, K, bias ? bias + n : nullptr, y + n, N, run); },
+      [&](int64_t n) { row_block<1>(x, M, w + n * K, K, K, bias ? bias + n : nullptr, y + n, N, 1); });
 }
 }  // namespace avx512bf16
 #pragma GCC pop_options

@@ -221,7 +221,7 @@ class RemoteStream:
     def _retext(self, item: RequestOutput) -> RequestOutput:
         """A resumed attempt's output with its text (and delta) from the stream's own
         detokenizer; a stop string found there ends the request as the engine would have."""
-        detok, seen = self._detok, len(self._last.token_ids) if self._last is not None else 0
+        detok, seen = self._detok, len(self._last.token_ids)  # a resumed attempt: _last is set
         ids = list(item.token_ids)
         for i in range(seen, len(ids)):
             if detok.add(ids[i]):

@@ -29,11 +29,12 @@ import json
 import math
 import os
 import sys
+import statistics
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import cpu_flags, print_table  # noqa: E402
+from bench.common import cpu_flags, median_ratio, print_table  # noqa: E402
 from baton import LLM, MultiAgent, SamplingParams  # noqa: E402
 from baton.engine.demo import make_demo_image  # noqa: E402
 from baton.engine.latency_router import AnalyticCostModel  # noqa: E402
@@ -217,17 +218,37 @@ def measure_paired(bench: Bench, b: int, lengths, rates, m):
             for ll in lengths:
                 kws = {"auto": {}, "auto-lr": dict(router="latency", cost_model=Prefer("large-reason")),
                        "router": dict(router="latency", cost_model=bench.cost)}
-                order, best = list(kws), {}
+                order, best, times = list(kws), {}, {key: [] for key in kws}
                 for i in range(bench.args.repeats):
                     for key in order[i % 3:] + order[:i % 3]:
                         team = bench.team(ls, ll, agreement=CountingAgreement(r), **kws[key])
                         t, res = bench.run(team, "auto", b, repeats=1)
+                        times[key].append(t)
                         if key not in best or t < best[key][0]:
                             best[key] = (t, res)
                 for key in kws:
                     m[key][(ls, ll, r)] = best[key][0]
                 m["route"][(ls, ll, r)] = route_counts(best["router"][1])
+                m.setdefault("repeats", {})[(b, ls, ll, r)] = times
     return m
+
+
+def paired_router_ratio(times: dict[str, list[float]]) -> float:
+    """The router against the better fixed path (lower median time) in --paired runs: the median
+    over repeats of router / that path, each ratio from one repeat's back-to-back runs, so drift
+    between repeats cancels (best-of figures, taken from different repeats, do not)."""
+    better = min(("auto", "auto-lr"), key=lambda k: statistics.median(times[k]))
+    return median_ratio(times["router"], times[better])
+
+
+def paired_router_line(cells: dict) -> str:
+    """cells: {(batch, small len, large len, agreement): {path: [seconds per repeat]}}."""
+    ratios = {cell: paired_router_ratio(t) for cell, t in cells.items()}
+    (b, ls, ll, r), worst = max(ratios.items(), key=lambda kv: kv[1])
+    repeats = min(len(t["router"]) for t in cells.values())
+    return (f"Router, paired ({repeats} repeats; median of router / the better fixed path run beside it): "
+            f"at most {worst - 1:+.1%} (b{b} {ls}/{ll} @ {r:.2f}; target <= +5%); "
+            f"faster than the better path in {sum(v < 1 for v in ratios.values())} of {len(ratios)} cells")
 
 
 def ttft_rows(bench: Bench, ls: int):
@@ -332,10 +353,11 @@ def main(argv=None) -> int:
 
     headers = ["batch", "small len", "large len", "agree", "large-reason s", "small-reason s", "transfer s",
                "auto s", "auto->LR s", "router s", "router route", "auto speedup"]
-    rows, points = [], {}
+    rows, points, repeats = [], {}, {}
     for b in batches:
         m = measure_batch(bench, b, lengths, rates)
         rows += table_rows(b, lengths, rates, m)
+        repeats.update(m.get("repeats", {}))
         for ls in lengths:
             for ll in lengths:
                 points[f"b{b} small {ls} / large {ll}"] = [
@@ -352,6 +374,8 @@ def main(argv=None) -> int:
         print("At the paper's 86% agreement: " + ", ".join(f"{label}: {y:.2f}x" for label, y in near))
     for line in router_summary(rows):
         print(line)
+    if repeats:
+        print(paired_router_line(repeats))
 
     trows = []
     if not args.no_ttft:
@@ -365,7 +389,8 @@ def main(argv=None) -> int:
           "\nAll verification outcomes here come from the agreement hook (random weights never agree).")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"rows": rows, "headers": headers, "ttft": trows, "points": points}, f, indent=1)
+            json.dump({"rows": rows, "headers": headers, "ttft": trows, "points": points,
+                       "repeats": [[*cell, t] for cell, t in repeats.items()]}, f, indent=1)
     return 0
 
 

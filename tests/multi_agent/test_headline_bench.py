@@ -52,6 +52,9 @@ def test_headline_paired_runs_each_cell_side_by_side(tmp_path, capsys, monkeypat
     # two repeats of the three paths, one run each, the order rotated between repeats
     assert cell == ["auto", "auto-lr", "router", "auto-lr", "router", "auto"]
     assert all(rep == 1 for mode, n, k, rep in runs if mode == "auto" and n == 2)
+    ((b, ls, ll, r, times),) = data["repeats"]  # every repeat's time of each path, for the paired line
+    assert (b, ls, ll, r) == (2, 8, 8, 0.5) and all(len(times[k]) == 2 for k in ("auto", "auto-lr", "router"))
+    assert "Router, paired (2 repeats" in capsys.readouterr().out
 
 
 def test_router_summary_separates_choice_cost_from_noise():
@@ -72,3 +75,24 @@ def test_router_summary_separates_choice_cost_from_noise():
     lines = headline.router_summary(split)
     assert "at most +25.0%" in lines[1]
     assert "faster than both in 1 cells: b16 512/1024 @ 0.50" in lines[0]
+
+
+def test_paired_router_ratio_cancels_drift_between_repeats():
+    """Each repeat's router time over the better fixed path's time in the same repeat, median
+    over repeats: a machine twice as slow in one repeat does not move it, while best-of figures
+    taken from different repeats would."""
+    sys.path.insert(0, ROOT)
+    from bench import headline
+
+    # auto is the better path (median 12 < 24); the router runs 3-5% over auto in each repeat, the
+    # second repeat on a machine twice as slow. Best of 3 would give 10.5 / 10 (+5%).
+    times = {"auto": [10.0, 20.0, 12.0], "auto-lr": [20.0, 40.0, 24.0], "router": [10.5, 20.6, 12.36]}
+    expected = sorted(t / a for t, a in zip(times["router"], times["auto"]))[1]
+    assert abs(headline.paired_router_ratio(times) - expected) < 1e-12 and abs(expected - 1.03) < 1e-9
+    # the better path is chosen by median, here auto->LR
+    flipped = {"auto": times["auto-lr"], "auto-lr": times["auto"], "router": times["router"]}
+    assert abs(headline.paired_router_ratio(flipped) - 1.03) < 1e-9
+    line = headline.paired_router_line({(16, 512, 1024, 0.0): times,
+                                        (16, 512, 512, 0.5): {**times, "router": [9.0, 19.0, 11.0]}})
+    assert "(3 repeats;" in line and "at most +3.0% (b16 512/1024 @ 0.00" in line
+    assert "faster than the better path in 1 of 2 cells" in line

@@ -22,28 +22,9 @@ namespace {
 
 using cpu::Isa;
 
-namespace generic {
-using V = simd::VecGeneric;
-#include "rms_norm_body.inc"
-}  // namespace generic
-
-#if defined(__x86_64__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")  // = BATON_TARGET_AVX2 (pragmas take no macros)
-namespace avx2 {
-using V = simd::VecAvx2;
-#include "rms_norm_body.inc"
-}  // namespace avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")  // = BATON_TARGET_AVX512
-namespace avx512 {
-using V = simd::VecAvx512;
-#include "rms_norm_body.inc"
-}  // namespace avx512
-#pragma GCC pop_options
-#endif
+#define BATON_ISA_BODY "rms_norm_body.inc"
+#include "isa_bodies.inc"
+#undef BATON_ISA_BODY
 
 template <typename T>
 void rows(const T* x, const T* residual, const T* weight, T* out, T* new_residual, int64_t N,

@@ -35,31 +35,13 @@ namespace {
 
 using cpu::Isa;
 
-namespace generic {
-using V = simd::VecGeneric;
-#include "skinny_body.inc"
-#include "panel_gemm.inc"
-}  // namespace generic
+#define BATON_ISA_BODY "skinny_body.inc"
+#define BATON_ISA_BODY2 "panel_gemm.inc"
+#include "isa_bodies.inc"
+#undef BATON_ISA_BODY
+#undef BATON_ISA_BODY2
 
 #if defined(__x86_64__)
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")  // = BATON_TARGET_AVX2 (pragmas take no macros)
-namespace avx2 {
-using V = simd::VecAvx2;
-#include "skinny_body.inc"
-#include "panel_gemm.inc"
-}  // namespace avx2
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq")  // = BATON_TARGET_AVX512
-namespace avx512 {
-using V = simd::VecAvx512;
-#include "skinny_body.inc"
-#include "panel_gemm.inc"
-}  // namespace avx512
-#pragma GCC pop_options
-
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")
 namespace avx512bf16 {

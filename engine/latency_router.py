@@ -12,7 +12,7 @@ of the other engine's running sequences: a path's prediction adds those steps wh
 other engine has work. Without this, a loaded small engine sent requests to large-reason,
 whose decode then slowed every transfer sharing the device. On a shared device the choice
 also counts the time the path's own steps add for every other running sequence (`imposed`):
-mixing paths makes both engines step, and each sequence waits for both.
+mixing paths makes both engines step, and each sequence waits for both, and for every prefill.
 
 The default cost model is engine/analysis's calibrated FLOPs/bytes model (a device preset's
 time model), scaled online per model and phase by the ratio of measured to predicted
@@ -114,6 +114,27 @@ class LatencyRouter:
         """The small and the large model's expected reasoning tokens (online estimates)."""
         return round(self.reason_tokens["small"]), round(self.reason_tokens["large"])
 
+    def _final_prefix(self, shape: PathShape) -> tuple[int, int]:
+        """Transfer's final stage: (transferred tokens left to prefill at the end, the cached
+        prefix they extend)."""
+        s, n_small = shape, self._reason_lengths()[0]
+        moved = n_small if s.transfer_fraction >= 1 else max(1, round(s.transfer_fraction * n_small))
+        if s.transfer_cap is not None:
+            moved = min(moved, s.transfer_cap)
+        left = moved if s.streamed_tokens is None else min(moved, s.streamed_tokens)
+        return left, s.transfer_prompt + moved - left
+
+    def prefills(self, shape: PathShape) -> dict[str, float]:
+        """Prefill seconds of each path from the decision on: transfer's small reasoning prompt
+        and its final stage; large-reason's reasoning prompt and its end-of-thought marker."""
+        c, s = self.cost, shape
+        left, final_prefix = self._final_prefix(s)
+        after = s.large_reason_prompt + self._reason_lengths()[1]
+        return {"transfer": c.prefill("small", s.small_reason_prompt - s.small_reason_cached, s.small_reason_cached)
+                + c.prefill("large", left + s.close_tokens, final_prefix),
+                "large-reason": c.prefill("large", s.large_reason_prompt - s.large_reason_cached, s.large_reason_cached)
+                + c.prefill("large", s.close_tokens, after)}
+
     def predict(self, shape: PathShape, load: dict[str, int]) -> dict[str, float]:
         c, s = self.cost, shape
         n_small, n_large = self._reason_lengths()
@@ -128,26 +149,22 @@ class LatencyRouter:
                 t += c.decode(other, other_context[model], tokens, load[other])
             return t
 
-        moved = n_small if s.transfer_fraction >= 1 else max(1, round(s.transfer_fraction * n_small))
-        if s.transfer_cap is not None:
-            moved = min(moved, s.transfer_cap)
-        left = moved if s.streamed_tokens is None else min(moved, s.streamed_tokens)
-        final_prefix = s.transfer_prompt + moved - left
-        transfer = (c.prefill("small", s.small_reason_prompt - s.small_reason_cached, s.small_reason_cached)
-                    + decode("small", s.small_reason_prompt, n_small)
-                    + c.prefill("large", left + s.close_tokens, final_prefix)
-                    + decode("large", final_prefix + left + s.close_tokens, s.answer_tokens - 1))
+        left, final_prefix = self._final_prefix(s)
         after = s.large_reason_prompt + n_large
-        large = (c.prefill("large", s.large_reason_prompt - s.large_reason_cached, s.large_reason_cached)
-                 + decode("large", s.large_reason_prompt, n_large)
-                 + c.prefill("large", s.close_tokens, after)
+        prefill = self.prefills(s)
+        transfer = (prefill["transfer"] + decode("small", s.small_reason_prompt, n_small)
+                    + decode("large", final_prefix + left + s.close_tokens, s.answer_tokens - 1))
+        large = (prefill["large-reason"] + decode("large", s.large_reason_prompt, n_large)
                  + decode("large", after + s.close_tokens, s.answer_tokens - 1))
         return {"transfer": transfer, "large-reason": large}
 
     def imposed(self, shape: PathShape, load: dict[str, int]) -> dict[str, float]:
         """Per path, on a shared device: every other running sequence waits for what this
         request's decode steps add to each step (its batch share where that engine steps anyway,
-        the whole step where it would have been idle)."""
+        the whole step where it would have been idle), and for the whole of its prefills: the
+        step that runs them gives every other sequence its next token only after them. Transfer's
+        final stage prefills the transferred reasoning (hundreds of tokens), large-reason's only
+        the end-of-thought marker, so a loaded device now weighs that difference."""
         c, s = self.cost, shape
         n_small, n_large = self._reason_lengths()
         others = load.get("small", 0) + load.get("large", 0)
@@ -157,9 +174,10 @@ class LatencyRouter:
             with_us = c.decode(model, context, tokens, busy + 1)
             return with_us - (c.decode(model, context, tokens, busy) if busy else 0.0)
 
+        prefill = self.prefills(s)
         transfer = (added("small", s.small_reason_prompt, n_small)
-                    + added("large", s.transfer_prompt, s.answer_tokens - 1))
-        large = added("large", s.large_reason_prompt, n_large + s.answer_tokens - 1)
+                    + added("large", s.transfer_prompt, s.answer_tokens - 1) + prefill["transfer"])
+        large = added("large", s.large_reason_prompt, n_large + s.answer_tokens - 1) + prefill["large-reason"]
         return {"transfer": others * transfer, "large-reason": others * large}
 
     def choose(self, shape: PathShape, load: dict[str, int]) -> RouteDecision:

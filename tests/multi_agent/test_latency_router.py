@@ -3,7 +3,7 @@ reasoning lengths, and records its decision with predicted and actual seconds.""
 import pytest
 
 from baton import InvalidRequestError, LLM, MultiAgent, SamplingParams
-from baton.engine.latency_router import AnalyticCostModel, LatencyRouter
+from baton.engine.latency_router import AnalyticCostModel, LatencyRouter, PathShape
 from baton.engine.trace import StageRecord
 
 from .conftest import engine, question
@@ -97,6 +97,35 @@ def test_on_a_shared_device_large_reasoning_also_waits_for_the_busy_small_engine
     assert res.route.imposed == pytest.approx({"transfer": 3 * (10 * 0.1 + 3 * 0.15),
                                                "large-reason": 3 * (13 * 0.15)})
     assert res.route.choice == "transfer" and res.mode == "auto:transfer"
+
+
+def test_on_a_shared_device_every_other_sequence_waits_for_a_paths_prefills():
+    """Prefill-only costs (decode free): each path's prediction is its prefills, and each of the
+    5 other running sequences waits for all of them. Transfer prefills its reasoning prompt's
+    10 new tokens on the small engine, then 40 transferred tokens + 2 end-of-thought tokens on
+    the large one; large-reason its prompt's 10 new tokens and the 2 end-of-thought tokens."""
+
+    class PrefillOnly:
+        rate = {"small": 0.001, "large": 0.01}
+
+        def prefill(self, model, new_tokens, prefix_tokens):
+            return new_tokens * self.rate[model]
+
+        def decode(self, model, context_len, num_tokens, batch=1):
+            return 0.0
+
+    shape = PathShape(small_reason_prompt=100, small_reason_cached=90, large_reason_prompt=120,
+                      large_reason_cached=110, transfer_prompt=130, transfer_fraction=1.0, transfer_cap=None,
+                      streamed_tokens=None, close_tokens=2, answer_tokens=4)
+    transfer, large = 10 * 0.001 + 42 * 0.01, 10 * 0.01 + 2 * 0.01
+    router = LatencyRouter(PrefillOnly(), reason_prior={"small": 40, "large": 20}, shared_device=True)
+    decision = router.choose(shape, {"small": 3, "large": 2})
+    assert decision.predicted == pytest.approx({"transfer": transfer, "large-reason": large})
+    assert decision.imposed == pytest.approx({"transfer": 5 * transfer, "large-reason": 5 * large})
+    assert decision.choice == "large-reason"
+    # half the reasoning transferred: 20 tokens + 2 to prefill at the end
+    half = PathShape(**{**shape.__dict__, "transfer_fraction": 0.5})
+    assert router.choose(half, {"small": 3, "large": 2}).imposed["transfer"] == pytest.approx(5 * (0.01 + 22 * 0.01))
 
 
 def test_router_learns_reasoning_lengths_and_cost_scales():

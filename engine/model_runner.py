@@ -188,4 +188,6 @@ class ModelRunner:
                 seq.metrics.prefill_time += elapsed
             else:
                 seq.metrics.decode_time += elapsed
+                seq.metrics.decode_steps += 1
+                seq.metrics.decode_batch_total += len(batch.seqs)
         return results

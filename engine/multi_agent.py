@@ -489,6 +489,7 @@ def _record(stage: Stage, out: RequestOutput, start: float, end: float) -> Stage
         cached_tokens=out.num_cached_tokens, output_tokens=len(out.token_ids), seconds=end - start,
         vision_encoder_calls=out.num_vision_encoder_calls, start=start, end=end, text=out.text,
         ttft=out.metrics.ttft, decode_seconds=out.metrics.decode_time, prompt_token_ids=out.prompt_token_ids,
+        decode_batch=out.metrics.mean_decode_batch,
     )
 
 

@@ -16,11 +16,18 @@ class RequestMetrics:
     vision_encoder_time: float = 0.0
     prefill_time: float = 0.0
     decode_time: float = 0.0
+    decode_steps: int = 0        # steps that gave this request a decode token
+    decode_batch_total: int = 0  # sequences in those steps, summed (see mean_decode_batch)
 
     @property
     def ttft(self) -> float | None:
         """Time to first token, seconds since arrival."""
         return None if self.first_token_time is None else self.first_token_time - self.arrival_time
+
+    @property
+    def mean_decode_batch(self) -> float:
+        """Sequences per decode step this request ran in, on average (1.0 before any)."""
+        return self.decode_batch_total / self.decode_steps if self.decode_steps else 1.0
 
     @property
     def e2e(self) -> float | None:

@@ -19,6 +19,7 @@ class StageRecord:
     ttft: float | None = None
     decode_seconds: float = 0.0
     prompt_token_ids: list[int] | None = None
+    decode_batch: float = 1.0  # sequences per decode step, on average, on the stage's engine
 
 
 def chrome_trace(results, first_pid: int = 0) -> dict:

@@ -151,6 +151,32 @@ def test_analytic_cost_model_is_calibrated_online(engines):
     assert model.decode("small", 100, 10) == pytest.approx(2 * before * 10 / 10, rel=1e-6)
 
 
+def test_decode_corrections_are_learned_per_batch_class(engines):
+    """A stage measured at batch 16 corrects batch 16 and up; batch 1 keeps its own correction;
+    between them the correction is linear in log2(batch): batch 8 is 3/4 of the way (2.55)."""
+    model = AnalyticCostModel({"small": engines[0], "large": engines[1]}, ema=1.0)
+    raw = {b: model.decode("small", 100, 11, b) for b in (1, 8, 16, 20)}  # no correction yet: 1.0
+    model.observe(StageRecord("small-reason", "small", 100, 100, 12, 1.0, 0, 0.0, 1.0,
+                              decode_seconds=3 * raw[16], decode_batch=16.0))
+    model.observe(StageRecord("small-reason", "small", 100, 100, 12, 1.0, 0, 0.0, 1.0,
+                              decode_seconds=1.2 * raw[1], decode_batch=1.0))
+    assert model.decode("small", 100, 11, 1) == pytest.approx(1.2 * raw[1])
+    assert model.decode("small", 100, 11, 16) == pytest.approx(3 * raw[16])
+    assert model.decode("small", 100, 11, 20) == pytest.approx(3 * raw[20])
+    assert model.decode("small", 100, 11, 8) == pytest.approx((1.2 + (3 - 1.2) * 3 / 4) * raw[8])
+    assert model.decode("large", 100, 11, 16) == pytest.approx(model.predictors["large"].decode_step(105, 16) * 11)
+
+
+def test_requests_record_the_batch_their_decode_steps_ran_in(engines):
+    small, _ = engines
+    p = SamplingParams(max_tokens=6, ignore_eos=True)
+    together = small.generate([f"<|im_start|>user\nhi {i}<|im_end|>\n" for i in range(3)], p)
+    assert [o.metrics.decode_steps for o in together] == [5, 5, 5]
+    assert [o.metrics.mean_decode_batch for o in together] == [3.0, 3.0, 3.0]
+    (alone,) = small.generate(["<|im_start|>user\nhi<|im_end|>\n"], p)
+    assert alone.metrics.mean_decode_batch == 1.0 and alone.metrics.decode_batch_total == 5
+
+
 def test_bad_router_options(engines):
     with pytest.raises(InvalidRequestError, match="router"):
         MultiAgent(*engines, router="fastest")

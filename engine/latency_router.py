@@ -15,10 +15,10 @@ also counts the time the path's own steps add for every other running sequence (
 mixing paths makes both engines step, and each sequence waits for both, and for every prefill.
 
 The default cost model is engine/analysis's calibrated FLOPs/bytes model (a device preset's
-time model), scaled online per model and phase by the ratio of measured to predicted
-seconds of the stages that ran, so it converges to this machine's actual speed. Any object
-with `prefill(model, new_tokens, prefix_tokens)` and `decode(model, context_len,
-num_tokens, batch)` (seconds) can replace it.
+time model), scaled online per model and phase (decode also per batch class) by the ratio of
+measured to predicted seconds of the stages that ran, so it converges to this machine's actual
+speed. Any object with `prefill(model, new_tokens, prefix_tokens)` and `decode(model,
+context_len, num_tokens, batch)` (seconds) can replace it.
 """
 from __future__ import annotations
 
@@ -69,10 +69,10 @@ class AnalyticCostModel:
     """engine/analysis's cost model per engine, corrected online by measured stage times.
 
     Prefill has one correction per model. Decode has one per model and batch class
-    (batch_class, interpolated between classes), each learned from stages that ran at that
-    mean batch: on the 2-core CPU the
-    demo models' measured step grew 7.7-10x from batch 1 to 16 where the model says 3.3-4.2x,
-    so one correction fitted at batch 16 overstated batch-1 decode 2.5x and the reverse."""
+    (batch_class, interpolated between classes), each learned from the stages that decoded at
+    that mean batch. On the 2-core AVX2 EPYC (demo pair, float32) a measured decode step grew
+    7.7-10x from batch 1 to 16 where the model says 3.3-4.2x, so one correction per model,
+    fitted on batch-16 stages, put batch-1 decode about 2.4x too slow."""
 
     def __init__(self, engines: dict, time_model=None, ema: float = 0.3):
         from baton.engine.analysis.calibration import TimeModel

@@ -12,17 +12,16 @@ of the other engine's running sequences: a path's prediction adds those steps wh
 other engine has work. Without this, a loaded small engine sent requests to large-reason,
 whose decode then slowed every transfer sharing the device. On a shared device the choice
 also counts the time the path's own steps add for every other running sequence (`imposed`):
-mixing paths makes both engines step, and each sequence waits for both, and for every prefill.
+mixing paths makes both engines step, and each sequence waits for both.
 
 The default cost model is engine/analysis's calibrated FLOPs/bytes model (a device preset's
-time model), scaled online per model and phase (decode also per batch class) by the ratio of
-measured to predicted seconds of the stages that ran, so it converges to this machine's actual
-speed. Any object with `prefill(model, new_tokens, prefix_tokens)` and `decode(model,
-context_len, num_tokens, batch)` (seconds) can replace it.
+time model), scaled online per model and phase by the ratio of measured to predicted
+seconds of the stages that ran, so it converges to this machine's actual speed. Any object
+with `prefill(model, new_tokens, prefix_tokens)` and `decode(model, context_len,
+num_tokens, batch)` (seconds) can replace it.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 PATHS = ("transfer", "large-reason")
@@ -60,19 +59,8 @@ class PathShape:
     answer_tokens: int          # brief answer length
 
 
-def batch_class(batch: float) -> int:
-    """Decode batches calibrated together: 1, 2-3, 4-7, 8-15, 16-31, ..."""
-    return max(1, int(batch)).bit_length()
-
-
 class AnalyticCostModel:
-    """engine/analysis's cost model per engine, corrected online by measured stage times.
-
-    Prefill has one correction per model. Decode has one per model and batch class
-    (batch_class, interpolated between classes), each learned from the stages that decoded at
-    that mean batch. On the 2-core AVX2 EPYC (demo pair, float32) a measured decode step grew
-    7.7-10x from batch 1 to 16 where the model says 3.3-4.2x, so one correction per model,
-    fitted on batch-16 stages, put batch-1 decode about 2.4x too slow."""
+    """engine/analysis's cost model per engine, corrected online by measured stage times."""
 
     def __init__(self, engines: dict, time_model=None, ema: float = 0.3):
         from baton.engine.analysis.calibration import TimeModel
@@ -84,7 +72,7 @@ class AnalyticCostModel:
             tm = time_model or TimeModel.from_spec(PRESETS["h100" if llm.device.type == "cuda" else "cpu"])
             nbytes = {"float32": 4}.get(str(llm.dtype).replace("torch.", ""), 2)
             self.predictors[name] = LatencyPredictor(name, llm.model_cfg, nbytes, tm)
-        self.scale = {(m, "prefill"): 1.0 for m in engines}  # + (model, "decode", batch class)
+        self.scale = {(m, p): 1.0 for m in engines for p in ("prefill", "decode")}
         self.ema = ema
 
     def prefill(self, model: str, new_tokens: int, prefix_tokens: int) -> float:
@@ -92,39 +80,21 @@ class AnalyticCostModel:
             return 0.0
         return self.predictors[model].prefill(new_tokens, prefix_tokens) * self.scale[(model, "prefill")]
 
-    def decode_scale(self, model: str, batch: float) -> float:
-        """The decode correction at this batch: linear in log2(batch) between the nearest
-        measured classes (class c sits at batch 2^(c-1)), the end ones beyond them; 1.0 before
-        any. Continuous, so one more sequence never changes the correction by a class's jump."""
-        seen = sorted((k[2], v) for k, v in self.scale.items() if k[:2] == (model, "decode"))
-        if not seen:
-            return 1.0
-        x = math.log2(max(batch, 1.0)) + 1
-        if x <= seen[0][0]:
-            return seen[0][1]
-        for (c0, s0), (c1, s1) in zip(seen, seen[1:]):
-            if x <= c1:
-                return s0 + (s1 - s0) * (x - c0) / (c1 - c0)
-        return seen[-1][1]
-
-    def decode(self, model: str, context_len: int, num_tokens: int, batch: float = 1) -> float:
+    def decode(self, model: str, context_len: int, num_tokens: int, batch: int = 1) -> float:
         if num_tokens <= 0:
             return 0.0
-        b = max(1, round(batch))
-        return self.predictors[model].decode_step(context_len + num_tokens // 2, b) * num_tokens \
-            * self.decode_scale(model, b)
+        step = self.predictors[model].decode_step(context_len + num_tokens // 2, max(1, batch))
+        return step * num_tokens * self.scale[(model, "decode")]
 
     def observe(self, stage) -> None:
-        """Moves the corrections toward measured / predicted for one finished stage record."""
+        """Moves the scales toward measured / predicted for one finished stage record."""
         new = stage.prompt_tokens - stage.cached_tokens
         if stage.ttft and new > 0 and stage.vision_encoder_calls == 0:
             self._update((stage.model, "prefill"), stage.ttft / max(self.prefill(stage.model, new, stage.cached_tokens), 1e-9))
         steps = stage.output_tokens - 1
         if steps > 0 and stage.decode_seconds > 0:
-            batch = getattr(stage, "decode_batch", 1.0)
-            key = (stage.model, "decode", batch_class(batch))
-            self.scale.setdefault(key, self.decode_scale(stage.model, batch))
-            self._update(key, stage.decode_seconds / max(self.decode(stage.model, stage.prompt_tokens, steps, batch), 1e-9))
+            self._update((stage.model, "decode"),
+                         stage.decode_seconds / max(self.decode(stage.model, stage.prompt_tokens, steps), 1e-9))
 
     def _update(self, key, ratio: float) -> None:
         self.scale[key] *= (1 - self.ema) + self.ema * ratio
@@ -144,27 +114,6 @@ class LatencyRouter:
         """The small and the large model's expected reasoning tokens (online estimates)."""
         return round(self.reason_tokens["small"]), round(self.reason_tokens["large"])
 
-    def _final_prefix(self, shape: PathShape) -> tuple[int, int]:
-        """Transfer's final stage: (transferred tokens left to prefill at the end, the cached
-        prefix they extend)."""
-        s, n_small = shape, self._reason_lengths()[0]
-        moved = n_small if s.transfer_fraction >= 1 else max(1, round(s.transfer_fraction * n_small))
-        if s.transfer_cap is not None:
-            moved = min(moved, s.transfer_cap)
-        left = moved if s.streamed_tokens is None else min(moved, s.streamed_tokens)
-        return left, s.transfer_prompt + moved - left
-
-    def prefills(self, shape: PathShape) -> dict[str, float]:
-        """Prefill seconds of each path from the decision on: transfer's small reasoning prompt
-        and its final stage; large-reason's reasoning prompt and its end-of-thought marker."""
-        c, s = self.cost, shape
-        left, final_prefix = self._final_prefix(s)
-        after = s.large_reason_prompt + self._reason_lengths()[1]
-        return {"transfer": c.prefill("small", s.small_reason_prompt - s.small_reason_cached, s.small_reason_cached)
-                + c.prefill("large", left + s.close_tokens, final_prefix),
-                "large-reason": c.prefill("large", s.large_reason_prompt - s.large_reason_cached, s.large_reason_cached)
-                + c.prefill("large", s.close_tokens, after)}
-
     def predict(self, shape: PathShape, load: dict[str, int]) -> dict[str, float]:
         c, s = self.cost, shape
         n_small, n_large = self._reason_lengths()
@@ -179,22 +128,26 @@ class LatencyRouter:
                 t += c.decode(other, other_context[model], tokens, load[other])
             return t
 
-        left, final_prefix = self._final_prefix(s)
-        after = s.large_reason_prompt + n_large
-        prefill = self.prefills(s)
-        transfer = (prefill["transfer"] + decode("small", s.small_reason_prompt, n_small)
+        moved = n_small if s.transfer_fraction >= 1 else max(1, round(s.transfer_fraction * n_small))
+        if s.transfer_cap is not None:
+            moved = min(moved, s.transfer_cap)
+        left = moved if s.streamed_tokens is None else min(moved, s.streamed_tokens)
+        final_prefix = s.transfer_prompt + moved - left
+        transfer = (c.prefill("small", s.small_reason_prompt - s.small_reason_cached, s.small_reason_cached)
+                    + decode("small", s.small_reason_prompt, n_small)
+                    + c.prefill("large", left + s.close_tokens, final_prefix)
                     + decode("large", final_prefix + left + s.close_tokens, s.answer_tokens - 1))
-        large = (prefill["large-reason"] + decode("large", s.large_reason_prompt, n_large)
+        after = s.large_reason_prompt + n_large
+        large = (c.prefill("large", s.large_reason_prompt - s.large_reason_cached, s.large_reason_cached)
+                 + decode("large", s.large_reason_prompt, n_large)
+                 + c.prefill("large", s.close_tokens, after)
                  + decode("large", after + s.close_tokens, s.answer_tokens - 1))
         return {"transfer": transfer, "large-reason": large}
 
     def imposed(self, shape: PathShape, load: dict[str, int]) -> dict[str, float]:
         """Per path, on a shared device: every other running sequence waits for what this
         request's decode steps add to each step (its batch share where that engine steps anyway,
-        the whole step where it would have been idle), and for the whole of its prefills: the
-        step that runs them gives every other sequence its next token only after them. Transfer's
-        final stage prefills the transferred reasoning (hundreds of tokens), large-reason's only
-        the end-of-thought marker, so a loaded device now weighs that difference."""
+        the whole step where it would have been idle)."""
         c, s = self.cost, shape
         n_small, n_large = self._reason_lengths()
         others = load.get("small", 0) + load.get("large", 0)
@@ -202,12 +155,11 @@ class LatencyRouter:
         def added(model: str, context: int, tokens: int) -> float:
             busy = load.get(model, 0)
             with_us = c.decode(model, context, tokens, busy + 1)
-            return max(0.0, with_us - (c.decode(model, context, tokens, busy) if busy else 0.0))
+            return with_us - (c.decode(model, context, tokens, busy) if busy else 0.0)
 
-        prefill = self.prefills(s)
         transfer = (added("small", s.small_reason_prompt, n_small)
-                    + added("large", s.transfer_prompt, s.answer_tokens - 1) + prefill["transfer"])
-        large = added("large", s.large_reason_prompt, n_large + s.answer_tokens - 1) + prefill["large-reason"]
+                    + added("large", s.transfer_prompt, s.answer_tokens - 1))
+        large = added("large", s.large_reason_prompt, n_large + s.answer_tokens - 1)
         return {"transfer": others * transfer, "large-reason": others * large}
 
     def choose(self, shape: PathShape, load: dict[str, int]) -> RouteDecision:

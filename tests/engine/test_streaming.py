@@ -117,3 +117,14 @@ def test_abort_reaches_the_owner_of_a_generate_call(llm):
         llm._engine_step = orig
     assert [o.finish_reason for o in out] == ["abort", "abort"]
     assert_pool_clean(llm)
+
+
+def test_requests_record_the_batch_their_decode_steps_ran_in(llm):
+    """Three requests decoded side by side: 5 decode steps each, 3 sequences in every one; a
+    request alone: 5 steps of 1."""
+    p = greedy(6)
+    together = llm.generate([chat_prompt(f"hi {i}") for i in range(3)], p)
+    assert [o.metrics.decode_steps for o in together] == [5, 5, 5]
+    assert [o.metrics.mean_decode_batch for o in together] == [3.0, 3.0, 3.0]
+    (alone,) = llm.generate([chat_prompt("hi")], p)
+    assert alone.metrics.decode_batch_total == 5 and alone.metrics.mean_decode_batch == 1.0

@@ -3,7 +3,7 @@ reasoning lengths, and records its decision with predicted and actual seconds.""
 import pytest
 
 from baton import InvalidRequestError, LLM, MultiAgent, SamplingParams
-from baton.engine.latency_router import AnalyticCostModel, LatencyRouter, PathShape
+from baton.engine.latency_router import AnalyticCostModel, LatencyRouter
 from baton.engine.trace import StageRecord
 
 from .conftest import engine, question
@@ -99,35 +99,6 @@ def test_on_a_shared_device_large_reasoning_also_waits_for_the_busy_small_engine
     assert res.route.choice == "transfer" and res.mode == "auto:transfer"
 
 
-def test_on_a_shared_device_every_other_sequence_waits_for_a_paths_prefills():
-    """Prefill-only costs (decode free): each path's prediction is its prefills, and each of the
-    5 other running sequences waits for all of them. Transfer prefills its reasoning prompt's
-    10 new tokens on the small engine, then 40 transferred tokens + 2 end-of-thought tokens on
-    the large one; large-reason its prompt's 10 new tokens and the 2 end-of-thought tokens."""
-
-    class PrefillOnly:
-        rate = {"small": 0.001, "large": 0.01}
-
-        def prefill(self, model, new_tokens, prefix_tokens):
-            return new_tokens * self.rate[model]
-
-        def decode(self, model, context_len, num_tokens, batch=1):
-            return 0.0
-
-    shape = PathShape(small_reason_prompt=100, small_reason_cached=90, large_reason_prompt=120,
-                      large_reason_cached=110, transfer_prompt=130, transfer_fraction=1.0, transfer_cap=None,
-                      streamed_tokens=None, close_tokens=2, answer_tokens=4)
-    transfer, large = 10 * 0.001 + 42 * 0.01, 10 * 0.01 + 2 * 0.01
-    router = LatencyRouter(PrefillOnly(), reason_prior={"small": 40, "large": 20}, shared_device=True)
-    decision = router.choose(shape, {"small": 3, "large": 2})
-    assert decision.predicted == pytest.approx({"transfer": transfer, "large-reason": large})
-    assert decision.imposed == pytest.approx({"transfer": 5 * transfer, "large-reason": 5 * large})
-    assert decision.choice == "large-reason"
-    # half the reasoning transferred: 20 tokens + 2 to prefill at the end
-    half = PathShape(**{**shape.__dict__, "transfer_fraction": 0.5})
-    assert router.choose(half, {"small": 3, "large": 2}).imposed["transfer"] == pytest.approx(5 * (0.01 + 22 * 0.01))
-
-
 def test_router_learns_reasoning_lengths_and_cost_scales():
     class Scaled(DecodeOnlyCost):
         seen = []
@@ -149,32 +120,6 @@ def test_analytic_cost_model_is_calibrated_online(engines):
     before = model.decode("small", 100, 11)
     model.observe(StageRecord("small-reason", "small", 100, 100, 11, 1.0, 0, 0.0, 1.0, decode_seconds=2 * before))
     assert model.decode("small", 100, 10) == pytest.approx(2 * before * 10 / 10, rel=1e-6)
-
-
-def test_decode_corrections_are_learned_per_batch_class(engines):
-    """A stage measured at batch 16 corrects batch 16 and up; batch 1 keeps its own correction;
-    between them the correction is linear in log2(batch): batch 8 is 3/4 of the way (2.55)."""
-    model = AnalyticCostModel({"small": engines[0], "large": engines[1]}, ema=1.0)
-    raw = {b: model.decode("small", 100, 11, b) for b in (1, 8, 16, 20)}  # no correction yet: 1.0
-    model.observe(StageRecord("small-reason", "small", 100, 100, 12, 1.0, 0, 0.0, 1.0,
-                              decode_seconds=3 * raw[16], decode_batch=16.0))
-    model.observe(StageRecord("small-reason", "small", 100, 100, 12, 1.0, 0, 0.0, 1.0,
-                              decode_seconds=1.2 * raw[1], decode_batch=1.0))
-    assert model.decode("small", 100, 11, 1) == pytest.approx(1.2 * raw[1])
-    assert model.decode("small", 100, 11, 16) == pytest.approx(3 * raw[16])
-    assert model.decode("small", 100, 11, 20) == pytest.approx(3 * raw[20])
-    assert model.decode("small", 100, 11, 8) == pytest.approx((1.2 + (3 - 1.2) * 3 / 4) * raw[8])
-    assert model.decode("large", 100, 11, 16) == pytest.approx(model.predictors["large"].decode_step(105, 16) * 11)
-
-
-def test_requests_record_the_batch_their_decode_steps_ran_in(engines):
-    small, _ = engines
-    p = SamplingParams(max_tokens=6, ignore_eos=True)
-    together = small.generate([f"<|im_start|>user\nhi {i}<|im_end|>\n" for i in range(3)], p)
-    assert [o.metrics.decode_steps for o in together] == [5, 5, 5]
-    assert [o.metrics.mean_decode_batch for o in together] == [3.0, 3.0, 3.0]
-    (alone,) = small.generate(["<|im_start|>user\nhi<|im_end|>\n"], p)
-    assert alone.metrics.mean_decode_batch == 1.0 and alone.metrics.decode_batch_total == 5
 
 
 def test_bad_router_options(engines):

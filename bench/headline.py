@@ -20,7 +20,8 @@ the two engines stepped in turn (default) or overlapped in two threads (overlap_
 
     python bench/headline.py --quick            # tiny demo presets, about a minute
     python bench/headline.py                    # pair-0.3b / pair-1.5b, 448 px, lengths 128,512,1024
-    python bench/headline.py --batches 16 --paired --no-ttft   # the router against both fixed paths, side by side
+    python bench/headline.py --batches 16 --paired --no-ttft   # the router against both fixed paths, side by side,
+                                                               # with the median of per-repeat ratios
 """
 from __future__ import annotations
 

@@ -14,9 +14,10 @@
 // and runs the panel GEMM instead (panel_gemm.inc): 1.2-1.3x the row-block tiles at 32-800
 // rows on the AVX2 EPYC, in turn in one process.
 //
-// One body (skinny_body.inc, panel_gemm.inc) per instruction-set path (cpu_isa.h): generic,
-// AVX2 (8 floats per FMA), AVX-512 (16). At the avx512bf16 level bfloat16 x bfloat16 products
-// use vdpbf16ps instead (32 products per instruction, no widening), accumulated in float32.
+// One body (skinny_body.inc, panel_gemm.inc) per instruction-set path (cpu_isa.h), included by
+// isa_bodies.inc: generic, AVX2 (8 floats per FMA), AVX-512 (16). At the avx512bf16 level
+// bfloat16 x bfloat16 products use vdpbf16ps instead (32 products per instruction, no
+// widening), accumulated in float32.
 #include "skinny_linear.h"
 
 #include <ATen/Parallel.h>

@@ -14,14 +14,19 @@ whose decode then slowed every transfer sharing the device. On a shared device t
 also counts the time the path's own steps add for every other running sequence (`imposed`):
 mixing paths makes both engines step, and each sequence waits for both.
 
+Requests that reach the decision in the same engine step (a batch whose briefs finish
+together) are routed as one group, predicted at the batch they will decode in.
+
 The default cost model is engine/analysis's calibrated FLOPs/bytes model (a device preset's
-time model), scaled online per model and phase by the ratio of measured to predicted
-seconds of the stages that ran, so it converges to this machine's actual speed. Any object
+time model), scaled online per model, phase and decode batch by the ratio of measured to
+predicted seconds of the engine steps that ran, so it converges to this machine's actual
+speed. Any object
 with `prefill(model, new_tokens, prefix_tokens)` and `decode(model, context_len,
 num_tokens, batch)` (seconds) can replace it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 PATHS = ("transfer", "large-reason")
@@ -37,6 +42,7 @@ class RouteDecision:
     # shared device: seconds each path's steps add for all the other running sequences; the
     # choice minimises predicted + imposed
     imposed: dict[str, float] = field(default_factory=dict)
+    group: int = 1  # requests decided together (they reached the decision in the same step)
 
     @property
     def predicted_chosen(self) -> float:
@@ -59,45 +65,102 @@ class PathShape:
     answer_tokens: int          # brief answer length
 
 
-class AnalyticCostModel:
-    """engine/analysis's cost model per engine, corrected online by measured stage times."""
+def batch_class(batch: float) -> int:
+    """Decode batches calibrated together: 1, 2-3, 4-7, 8-15, 16-31, ..."""
+    return max(1, int(batch)).bit_length()
 
-    def __init__(self, engines: dict, time_model=None, ema: float = 0.3):
+
+class AnalyticCostModel:
+    """engine/analysis's cost model per engine, corrected online by the engines' own step times.
+
+    Every executed step is logged by its runner (ModelRunner.recent_steps); before each use the
+    model reads the steps it has not seen and moves a correction toward measured / predicted
+    seconds: one per model for pure prefill steps, one per model and decode batch class for
+    pure decode steps (mixed steps are skipped). Per step, not per finished stage, because a
+    stage's time-to-first-token includes its wait in the queue, and a stage's decode time mixes
+    the batches it ran in. Per batch class, because on the 2-core CPU the demo models' measured
+    decode step grew 7.7-10x from batch 1 to 16 where the analytic model says 3.3-4.2x."""
+
+    def __init__(self, engines: dict, time_model=None, ema: float = 0.1):
         from baton.engine.analysis.calibration import TimeModel
         from baton.engine.analysis.devices import PRESETS
         from baton.engine.analysis.predictor import LatencyPredictor
 
+        self.engines = engines
         self.predictors = {}
         for name, llm in engines.items():
             tm = time_model or TimeModel.from_spec(PRESETS["h100" if llm.device.type == "cuda" else "cpu"])
             nbytes = {"float32": 4}.get(str(llm.dtype).replace("torch.", ""), 2)
             self.predictors[name] = LatencyPredictor(name, llm.model_cfg, nbytes, tm)
-        self.scale = {(m, p): 1.0 for m in engines for p in ("prefill", "decode")}
+        # measured / predicted seconds, an average over steps: (model, "prefill") and
+        # (model, "decode", batch class); 1.0 until a step of that kind ran
+        self.scale: dict[tuple, float] = {}
         self.ema = ema
+        self._seen = {m: _runner(llm).steps_executed if _runner(llm) else 0 for m, llm in engines.items()}
 
     def prefill(self, model: str, new_tokens: int, prefix_tokens: int) -> float:
         if new_tokens <= 0:
             return 0.0
-        return self.predictors[model].prefill(new_tokens, prefix_tokens) * self.scale[(model, "prefill")]
+        self.sync()
+        return self.predictors[model].prefill(new_tokens, prefix_tokens) * self.scale.get((model, "prefill"), 1.0)
 
-    def decode(self, model: str, context_len: int, num_tokens: int, batch: int = 1) -> float:
+    def decode_scale(self, model: str, batch: float) -> float:
+        """The decode correction at this batch: linear in log2(batch) between the nearest
+        measured classes (class c sits at batch 2^(c-1)), the end ones beyond them; 1.0 before
+        any. Continuous, so one more sequence never changes the correction by a class's jump."""
+        seen = sorted((k[2], v) for k, v in self.scale.items() if k[:2] == (model, "decode"))
+        if not seen:
+            return 1.0
+        x = math.log2(max(batch, 1.0)) + 1
+        if x <= seen[0][0]:
+            return seen[0][1]
+        for (c0, s0), (c1, s1) in zip(seen, seen[1:]):
+            if x <= c1:
+                return s0 + (s1 - s0) * (x - c0) / (c1 - c0)
+        return seen[-1][1]
+
+    def decode(self, model: str, context_len: int, num_tokens: int, batch: float = 1) -> float:
         if num_tokens <= 0:
             return 0.0
-        step = self.predictors[model].decode_step(context_len + num_tokens // 2, max(1, batch))
-        return step * num_tokens * self.scale[(model, "decode")]
+        self.sync()
+        b = max(1, round(batch))
+        return self.predictors[model].decode_step(context_len + num_tokens // 2, b) * num_tokens \
+            * self.decode_scale(model, b)
+
+    def sync(self) -> None:
+        """Learns from the steps each engine ran since the last call (at most its log's length)."""
+        for model, llm in self.engines.items():
+            runner = _runner(llm)
+            if runner is None:
+                continue
+            new = runner.steps_executed - self._seen[model]
+            self._seen[model] = runner.steps_executed
+            log = list(runner.recent_steps)
+            for step in log[len(log) - min(new, len(log)):]:
+                self.observe_step(model, step)
+
+    def observe_step(self, model: str, step) -> None:
+        """Moves one correction toward measured / predicted for one step (a StepTiming)."""
+        p = self.predictors[model]
+        if step.prefills and not step.decode_contexts:
+            predicted = sum(p.prefill(n, prefix) for n, prefix in step.prefills)
+            self._update((model, "prefill"), step.seconds / max(predicted, 1e-12))
+        elif step.decode_contexts and not step.prefills:
+            batch = len(step.decode_contexts)
+            predicted = p.decode_step(round(sum(step.decode_contexts) / batch), batch)
+            self._update((model, "decode", batch_class(batch)), step.seconds / max(predicted, 1e-12))
 
     def observe(self, stage) -> None:
-        """Moves the scales toward measured / predicted for one finished stage record."""
-        new = stage.prompt_tokens - stage.cached_tokens
-        if stage.ttft and new > 0 and stage.vision_encoder_calls == 0:
-            self._update((stage.model, "prefill"), stage.ttft / max(self.prefill(stage.model, new, stage.cached_tokens), 1e-9))
-        steps = stage.output_tokens - 1
-        if steps > 0 and stage.decode_seconds > 0:
-            self._update((stage.model, "decode"),
-                         stage.decode_seconds / max(self.decode(stage.model, stage.prompt_tokens, steps), 1e-9))
+        """Finished stages teach nothing beyond their steps, which sync() reads."""
+        self.sync()
 
     def _update(self, key, ratio: float) -> None:
-        self.scale[key] *= (1 - self.ema) + self.ema * ratio
+        old = self.scale.get(key)
+        self.scale[key] = ratio if old is None else (1 - self.ema) * old + self.ema * ratio
+
+
+def _runner(llm):
+    return getattr(llm, "runner", None)
 
 
 class LatencyRouter:
@@ -114,10 +177,17 @@ class LatencyRouter:
         """The small and the large model's expected reasoning tokens (online estimates)."""
         return round(self.reason_tokens["small"]), round(self.reason_tokens["large"])
 
-    def predict(self, shape: PathShape, load: dict[str, int]) -> dict[str, float]:
+    def predict(self, shape: PathShape, load: dict[str, int], group: int = 1) -> dict[str, float]:
+        """Seconds of each path for one request of a group of `group` that takes it together:
+        they decode in one batch, and each waits on average for half the group's prefills."""
         c, s = self.cost, shape
         n_small, n_large = self._reason_lengths()
-        batch = {m: load.get(m, 0) + 1 for m in ("small", "large")}
+        batch = {m: load.get(m, 0) + group for m in ("small", "large")}
+        queue = (group + 1) / 2
+
+        def prefill(model: str, new: int, prefix: int) -> float:
+            return queue * c.prefill(model, new, prefix)
+
         # the other engine's context, for its interleaved steps: its reasoning prompt, a proxy
         other_context = {"small": s.large_reason_prompt, "large": s.small_reason_prompt}
 
@@ -133,29 +203,29 @@ class LatencyRouter:
             moved = min(moved, s.transfer_cap)
         left = moved if s.streamed_tokens is None else min(moved, s.streamed_tokens)
         final_prefix = s.transfer_prompt + moved - left
-        transfer = (c.prefill("small", s.small_reason_prompt - s.small_reason_cached, s.small_reason_cached)
+        transfer = (prefill("small", s.small_reason_prompt - s.small_reason_cached, s.small_reason_cached)
                     + decode("small", s.small_reason_prompt, n_small)
-                    + c.prefill("large", left + s.close_tokens, final_prefix)
+                    + prefill("large", left + s.close_tokens, final_prefix)
                     + decode("large", final_prefix + left + s.close_tokens, s.answer_tokens - 1))
         after = s.large_reason_prompt + n_large
-        large = (c.prefill("large", s.large_reason_prompt - s.large_reason_cached, s.large_reason_cached)
+        large = (prefill("large", s.large_reason_prompt - s.large_reason_cached, s.large_reason_cached)
                  + decode("large", s.large_reason_prompt, n_large)
-                 + c.prefill("large", s.close_tokens, after)
+                 + prefill("large", s.close_tokens, after)
                  + decode("large", after + s.close_tokens, s.answer_tokens - 1))
         return {"transfer": transfer, "large-reason": large}
 
-    def imposed(self, shape: PathShape, load: dict[str, int]) -> dict[str, float]:
+    def imposed(self, shape: PathShape, load: dict[str, int], group: int = 1) -> dict[str, float]:
         """Per path, on a shared device: every other running sequence waits for what this
         request's decode steps add to each step (its batch share where that engine steps anyway,
-        the whole step where it would have been idle)."""
+        the whole step where it would have been idle); a group's addition is split among it."""
         c, s = self.cost, shape
         n_small, n_large = self._reason_lengths()
         others = load.get("small", 0) + load.get("large", 0)
 
         def added(model: str, context: int, tokens: int) -> float:
             busy = load.get(model, 0)
-            with_us = c.decode(model, context, tokens, busy + 1)
-            return with_us - (c.decode(model, context, tokens, busy) if busy else 0.0)
+            with_us = c.decode(model, context, tokens, busy + group)
+            return max(0.0, with_us - (c.decode(model, context, tokens, busy) if busy else 0.0)) / group
 
         transfer = (added("small", s.small_reason_prompt, n_small)
                     + added("large", s.transfer_prompt, s.answer_tokens - 1))
@@ -163,10 +233,19 @@ class LatencyRouter:
         return {"transfer": others * transfer, "large-reason": others * large}
 
     def choose(self, shape: PathShape, load: dict[str, int]) -> RouteDecision:
-        predicted = self.predict(shape, load)
-        imposed = self.imposed(shape, load) if self.shared_device else {p: 0.0 for p in PATHS}
-        choice = min(PATHS, key=lambda p: (predicted[p] + imposed[p], PATHS.index(p)))
-        return RouteDecision(choice, predicted, dict(self.reason_tokens), dict(load), imposed=imposed)
+        return self.choose_group([shape], load)[0]
+
+    def choose_group(self, shapes: list[PathShape], load: dict[str, int]) -> list[RouteDecision]:
+        """One path for requests that reach the decision together (the same engine step): the
+        one with the least predicted + imposed seconds summed over them, each predicted at the
+        batch they will decode in. Decided one by one instead, the first would see idle engines
+        and choose for batch 1, and the rest would follow it to avoid mixing paths."""
+        g = len(shapes)
+        predicted = [self.predict(s, load, g) for s in shapes]
+        imposed = [self.imposed(s, load, g) if self.shared_device else {p: 0.0 for p in PATHS} for s in shapes]
+        choice = min(PATHS, key=lambda p: (sum(pr[p] + im[p] for pr, im in zip(predicted, imposed)), PATHS.index(p)))
+        return [RouteDecision(choice, pr, dict(self.reason_tokens), dict(load), imposed=im, group=g)
+                for pr, im in zip(predicted, imposed)]
 
     def observe(self, stages) -> None:
         """Learns from a finished request's stage records: reasoning lengths, cost-model scales."""

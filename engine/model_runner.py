@@ -4,6 +4,7 @@ last token."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +29,17 @@ class StepResult:
 NON_FINITE = "the model produced non-finite logits"
 
 
+@dataclass(frozen=True)
+class StepTiming:
+    """One executed step, for online cost calibration (engine/latency_router.py): the model's
+    seconds (the vision encoder excluded), the key count of each decoding sequence, and (new
+    tokens, cached prefix) of each prefilling one."""
+
+    seconds: float
+    decode_contexts: tuple[int, ...]
+    prefills: tuple[tuple[int, int], ...]
+
+
 class ModelRunner:
     def __init__(self, model, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device,
                  encoder_cache: EncoderCache):
@@ -44,6 +56,9 @@ class ModelRunner:
         self.sampler = Sampler()
         self.vision_encoder_calls = 0
         self.static_decode = None  # engine.static_decode.StaticDecode: decode-only steps on static buffers
+        # the latest steps' timings; steps_executed counts all, so a reader can tell what is new
+        self.recent_steps: deque[StepTiming] = deque(maxlen=512)
+        self.steps_executed = 0
 
     @staticmethod
     def kv_bytes_per_block(model_cfg, block_size: int, dtype: torch.dtype) -> int:
@@ -182,12 +197,17 @@ class ModelRunner:
             logits = self.model.compute_logits(hidden[logits_rows])
             results = self._sample(logits, sample_seqs)
         elapsed = time.perf_counter() - t0
+        contexts, prefills = [], []
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             # prefill until the first token, or while recomputing a preempted prompt
             if seq.num_output_tokens == 0 or seq.num_computed_tokens + n < seq.num_prompt_tokens:
                 seq.metrics.prefill_time += elapsed
+                prefills.append((n, seq.num_computed_tokens))
             else:
                 seq.metrics.decode_time += elapsed
                 seq.metrics.decode_steps += 1
                 seq.metrics.decode_batch_total += len(batch.seqs)
+                contexts.append(seq.num_computed_tokens + n)
+        self.recent_steps.append(StepTiming(elapsed, tuple(contexts), tuple(prefills)))
+        self.steps_executed += 1
         return results

@@ -194,6 +194,7 @@ class MultiAgent:
         asked: dict[int, list[tuple]] = {}  # request -> keys of the stages its pipeline waits on, in order
         latest: dict[int, dict[tuple, RequestOutput]] = {}  # request -> key -> newest output
         pending: dict[int, set] = {}  # request -> keys not finished yet (asked and side stages)
+        deciding: dict[int, PathShape] = {}  # request -> its paths, waiting for the router
         # this run's outputs come back to it alone; other callers of the same engines keep theirs
         owner = object()
 
@@ -235,6 +236,9 @@ class MultiAgent:
             except BatonError as e:
                 fail(i, str(e))
                 return
+            if isinstance(wanted, _RouteQuery):
+                deciding[i] = wanted.shape
+                return
             asked[i], latest[i], pending[i] = [], {}, set()
             for stage in wanted:
                 key = submit(i, stage)
@@ -249,7 +253,7 @@ class MultiAgent:
             pending[i].discard(key)
 
         def maybe_advance(i):
-            if i in pending and not pending[i]:
+            if i in pending and not pending[i] and i not in deciding:
                 advance(i, [latest[i][k] for k in asked[i]])
 
         def react(i, callback, out):
@@ -271,6 +275,14 @@ class MultiAgent:
                             finished(key, cut)
                 maybe_advance(i)
 
+        def decide():
+            """Routes every request that reached its decision in this step, as one group."""
+            while deciding:
+                group = dict(deciding)
+                deciding.clear()
+                for i, decision in zip(group, self.router.choose_group(list(group.values()), self._load())):
+                    advance(i, decision)
+
         def handle(engine, outs):
             for out in outs:
                 key = (engine, out.request_id)
@@ -288,6 +300,7 @@ class MultiAgent:
                 if stage.on_finish is not None:
                     react(i, stage.on_finish, out)
                 maybe_advance(i)
+            decide()
 
         engines = list({id(e): e for e in self.engines.values()}.values())  # small may be large
         pool = ThreadPoolExecutor(len(engines), thread_name_prefix="baton-agent-step") \
@@ -352,10 +365,9 @@ class MultiAgent:
         if self._agree(small_out.text, large_out.text, result):
             result.answer, result.mode = large_out.text.strip(), "auto:agree"
             return
+        if self.router is not None:  # the step loop decides for all that got here in one step
+            result.route = yield _RouteQuery(self._path_shape(messages, s_ids, l_ids, selector, budget))
         decided = time.perf_counter()
-        if self.router is not None:
-            result.route = self.router.choose(self._path_shape(messages, s_ids, l_ids, selector, budget),
-                                              self._load())
         if result.route is None or result.route.choice == "transfer":
             result.mode = "auto:transfer"
             yield from self._transfer(messages, selector, budget, result, (l_ids, l_images))
@@ -481,6 +493,13 @@ class MultiAgent:
 
         with open(path, "w") as f:
             json.dump(chrome_trace(results), f)
+
+
+@dataclass
+class _RouteQuery:
+    """Yielded by a pipeline at a disagreement; the step loop sends back its RouteDecision."""
+
+    shape: PathShape
 
 
 def _record(stage: Stage, out: RequestOutput, start: float, end: float) -> StageRecord:

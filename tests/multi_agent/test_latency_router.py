@@ -1,9 +1,13 @@
 """router="latency" on a fake cost model: it takes the cheaper path, counts engine load, learns
 reasoning lengths, and records its decision with predicted and actual seconds."""
+from collections import deque
+from types import SimpleNamespace
+
 import pytest
 
 from baton import InvalidRequestError, LLM, MultiAgent, SamplingParams
 from baton.engine.latency_router import AnalyticCostModel, LatencyRouter
+from baton.engine.model_runner import StepTiming
 from baton.engine.trace import StageRecord
 
 from .conftest import engine, question
@@ -114,12 +118,77 @@ def test_router_learns_reasoning_lengths_and_cost_scales():
     assert cost.seen == ["small-reason"]
 
 
-def test_analytic_cost_model_is_calibrated_online(engines):
+class FakeRunner:
+    def __init__(self):
+        self.recent_steps, self.steps_executed = deque(maxlen=4), 0
+
+    def run(self, step):
+        self.recent_steps.append(step)
+        self.steps_executed += 1
+
+
+def test_analytic_cost_model_is_calibrated_by_engine_steps(engines):
+    """Corrections = measured / predicted seconds of the steps the engines ran: prefill from pure
+    prefill steps, decode per batch class (interpolated in log2 batch) from pure decode steps;
+    mixed steps, and steps before the model existed, teach nothing."""
     model = AnalyticCostModel({"small": engines[0], "large": engines[1]}, ema=1.0)
-    assert model.decode("large", 100, 10) > model.decode("small", 100, 10) > 0
-    before = model.decode("small", 100, 11)
-    model.observe(StageRecord("small-reason", "small", 100, 100, 11, 1.0, 0, 0.0, 1.0, decode_seconds=2 * before))
-    assert model.decode("small", 100, 10) == pytest.approx(2 * before * 10 / 10, rel=1e-6)
+    raw = {m: p for m, p in model.predictors.items()}
+    runner = FakeRunner()
+    runner.run(StepTiming(99.0, (10,), ()))  # before the model looked: not read
+    model.engines = {"small": SimpleNamespace(runner=runner), "large": SimpleNamespace(runner=None)}
+    model._seen = {"small": 1, "large": 0}
+    assert model.decode("small", 100, 10) == pytest.approx(raw["small"].decode_step(105, 1) * 10)
+
+    runner.run(StepTiming(2 * raw["small"].decode_step(100, 1), (100,), ()))
+    runner.run(StepTiming(10 * raw["small"].decode_step(100, 16), (90, 110) * 8, ()))
+    runner.run(StepTiming(3 * (raw["small"].prefill(40, 0) + raw["small"].prefill(8, 30)), (), ((40, 0), (8, 30))))
+    runner.run(StepTiming(1e3, (100,), ((40, 0),)))  # mixed: skipped
+    assert model.decode("small", 100, 10, batch=1) == pytest.approx(2 * raw["small"].decode_step(105, 1) * 10)
+    assert model.decode("small", 100, 10, batch=16) == pytest.approx(10 * raw["small"].decode_step(105, 16) * 10)
+    # batch 4 sits halfway between batch 1 and 16 in log2: halfway between the corrections
+    assert model.decode("small", 100, 10, batch=4) == pytest.approx(6 * raw["small"].decode_step(105, 4) * 10)
+    assert model.prefill("small", 64, 0) == pytest.approx(3 * raw["small"].prefill(64, 0))
+    assert model.prefill("large", 64, 0) == pytest.approx(raw["large"].prefill(64, 0))  # nothing ran there
+
+    for _ in range(6):  # more new steps than the log keeps: the kept ones are read
+        runner.run(StepTiming(4 * raw["small"].decode_step(50, 1), (50,), ()))
+    assert model.decode("small", 50, 2) == pytest.approx(4 * raw["small"].decode_step(51, 1) * 2)
+
+
+def test_runner_logs_each_step_for_the_cost_model(engines):
+    small = engines[0]
+    ids = small.processor.tokenizer.encode("hello there, a prompt of some length")
+    before = small.runner.steps_executed
+    small.generate([{"prompt_token_ids": ids}], SamplingParams(max_tokens=4, ignore_eos=True))
+    steps = list(small.runner.recent_steps)[before - small.runner.steps_executed:]
+    assert [(s.prefills, s.decode_contexts) for s in steps] == [
+        (((len(ids), 0),), ()), ((), (len(ids) + 1,)), ((), (len(ids) + 2,)), ((), (len(ids) + 3,))]
+    assert all(s.seconds > 0 for s in steps)
+
+
+class BatchSensitiveCost(DecodeOnlyCost):
+    """The small model's decode step grows with the batch squared, the large one's linearly."""
+
+    def decode(self, model, context_len, num_tokens, batch=1):
+        return max(num_tokens, 0) * self.per_token[model] * (batch ** 2 if model == "small" else batch)
+
+
+def test_requests_reaching_the_decision_in_one_step_are_routed_together(engines):
+    """Alone, transfer is cheaper; three at once decode at batch 3, where the small model's
+    steps cost 9x and large-reason is cheaper. Decided one by one, the first would have seen
+    idle engines and taken transfer."""
+    cost = BatchSensitiveCost(small=0.1, large=0.15)
+    t = team(engines, cost)
+    t.router.shared_device = False
+    assert t.run(question(53)).route.choice == "transfer"
+    results = t.run_batch([question(54), question(55), question(56)])
+    assert [r.route.group for r in results] == [3, 3, 3]
+    assert [r.route.choice for r in results] == ["large-reason"] * 3
+    transfer = REASON * 0.1 * 9 + (BRIEF - 1) * 0.15 * 3
+    large = REASON * 0.15 * 3 + (BRIEF - 1) * 0.15 * 3
+    for r in results:
+        assert r.route.load == {"small": 0, "large": 0}
+        assert r.route.predicted == pytest.approx({"transfer": transfer, "large-reason": large})
 
 
 def test_bad_router_options(engines):

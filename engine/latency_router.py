@@ -96,7 +96,7 @@ class AnalyticCostModel:
         # (model, "decode", batch class); 1.0 until a step of that kind ran
         self.scale: dict[tuple, float] = {}
         self.ema = ema
-        self._seen = {m: _runner(llm).steps_executed if _runner(llm) else 0 for m, llm in engines.items()}
+        self._seen = {m: getattr(_runner(llm), "steps_executed", 0) for m, llm in engines.items()}
 
     def prefill(self, model: str, new_tokens: int, prefix_tokens: int) -> float:
         if new_tokens <= 0:
@@ -134,6 +134,8 @@ class AnalyticCostModel:
             if runner is None:
                 continue
             new = runner.steps_executed - self._seen[model]
+            if new <= 0:  # the common case: many predictions between two engine steps
+                continue
             self._seen[model] = runner.steps_executed
             log = list(runner.recent_steps)
             for step in log[len(log) - min(new, len(log)):]:

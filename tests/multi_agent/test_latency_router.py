@@ -132,7 +132,7 @@ def test_analytic_cost_model_is_calibrated_by_engine_steps(engines):
     prefill steps, decode per batch class (interpolated in log2 batch) from pure decode steps;
     mixed steps, and steps before the model existed, teach nothing."""
     model = AnalyticCostModel({"small": engines[0], "large": engines[1]}, ema=1.0)
-    raw = {m: p for m, p in model.predictors.items()}
+    raw = dict(model.predictors)
     runner = FakeRunner()
     runner.run(StepTiming(99.0, (10,), ()))  # before the model looked: not read
     model.engines = {"small": SimpleNamespace(runner=runner), "large": SimpleNamespace(runner=None)}

@@ -15,19 +15,21 @@ also counts the time the path's own steps add for every other running sequence (
 mixing paths makes both engines step, and each sequence waits for both.
 
 Requests that reach the decision in the same engine step (a batch whose briefs finish
-together) are routed as one group, predicted at the batch they will decode in.
+together) are routed as one group. Each stage of a path is predicted by stepping through the
+engine's schedule for the group: chunked prefills under the step token budget, decodes of
+those done prefilling in the same steps, then decode at the group's batch.
 
 The default cost model is engine/analysis's calibrated FLOPs/bytes model (a device preset's
 time model), scaled online per model, phase and decode batch by the ratio of measured to
 predicted seconds of the engine steps that ran, so it converges to this machine's actual
-speed. Any object
-with `prefill(model, new_tokens, prefix_tokens)` and `decode(model, context_len,
-num_tokens, batch)` (seconds) can replace it.
+speed. Any object with `prefill(model, new_tokens, prefix_tokens)` and `decode(model,
+context_len, num_tokens, batch)` (seconds), and optionally `mixed_scale(model)` (the factor
+of a step with both), can replace it.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 
 PATHS = ("transfer", "large-reason")
 
@@ -76,10 +78,11 @@ class AnalyticCostModel:
     Every executed step is logged by its runner (ModelRunner.recent_steps); before each use the
     model reads the steps it has not seen and moves a correction toward measured / predicted
     seconds: one per model for pure prefill steps, one per model and decode batch class for
-    pure decode steps (mixed steps are skipped). Per step, not per finished stage, because a
-    stage's time-to-first-token includes its wait in the queue, and a stage's decode time mixes
-    the batches it ran in. Per batch class, because on the 2-core CPU the demo models' measured
-    decode step grew 7.7-10x from batch 1 to 16 where the analytic model says 3.3-4.2x."""
+    pure decode steps, and one per model for mixed steps on top of their parts' corrections.
+    Per step, not per finished stage, because a stage's time-to-first-token includes its wait
+    in the queue, and a stage's decode time mixes the batches it ran in. Per batch class,
+    because on the 2-core CPU the demo models' measured decode step grew 7.7-10x from batch 1
+    to 16 where the analytic model says 3.3-4.2x."""
 
     def __init__(self, engines: dict, time_model=None, ema: float = 0.1):
         from baton.engine.analysis.calibration import TimeModel
@@ -147,10 +150,22 @@ class AnalyticCostModel:
         if step.prefills and not step.decode_contexts:
             predicted = sum(p.prefill(n, prefix) for n, prefix in step.prefills)
             self._update((model, "prefill"), step.seconds / max(predicted, 1e-12))
-        elif step.decode_contexts and not step.prefills:
+        elif step.decode_contexts:
             batch = len(step.decode_contexts)
             predicted = p.decode_step(round(sum(step.decode_contexts) / batch), batch)
-            self._update((model, "decode", batch_class(batch)), step.seconds / max(predicted, 1e-12))
+            if not step.prefills:
+                self._update((model, "decode", batch_class(batch)), step.seconds / max(predicted, 1e-12))
+                return
+            # mixed: what the two corrected parts leave unexplained
+            predicted = predicted * self.decode_scale(model, batch) + self.scale.get((model, "prefill"), 1.0) \
+                * sum(p.prefill(n, prefix) for n, prefix in step.prefills)
+            self._update((model, "mixed"), step.seconds / max(predicted, 1e-12))
+
+    def mixed_scale(self, model: str) -> float:
+        """The correction of a step that carries both prefill chunks and decodes, on top of the
+        prefill and decode corrections of its parts; 1.0 before any such step ran."""
+        self.sync()
+        return self.scale.get((model, "mixed"), 1.0)
 
     def observe(self, stage) -> None:
         """Finished stages teach nothing beyond their steps, which sync() reads."""
@@ -166,14 +181,18 @@ def _runner(llm):
 
 
 class LatencyRouter:
-    def __init__(self, cost_model, reason_prior, ema: float = 0.3, shared_device: bool = False):
+    def __init__(self, cost_model, reason_prior, ema: float = 0.3, shared_device: bool = False,
+                 step_tokens: dict[str, int] | None = None):
         """reason_prior: the reasoning length assumed before any is seen (int, or per model).
-        shared_device: the engines step in turn on one device (see the module docstring)."""
+        shared_device: the engines step in turn on one device (see the module docstring).
+        step_tokens: each engine's token budget per step (max_num_batched_tokens); without one
+        a model's prefills all fit one step."""
         self.cost = cost_model
         prior = reason_prior if isinstance(reason_prior, dict) else {"small": reason_prior, "large": reason_prior}
         self.reason_tokens = {m: float(prior[m]) for m in ("small", "large")}
         self.ema = ema
         self.shared_device = shared_device
+        self.step_tokens = dict(step_tokens or {})
 
     def _reason_lengths(self) -> tuple[int, int]:
         """The small and the large model's expected reasoning tokens (online estimates)."""
@@ -181,40 +200,83 @@ class LatencyRouter:
 
     def predict(self, shape: PathShape, load: dict[str, int], group: int = 1) -> dict[str, float]:
         """Seconds of each path for one request of a group of `group` that takes it together:
-        they decode in one batch, and each waits on average for half the group's prefills."""
-        c, s = self.cost, shape
+        the mean over the group of each stage's schedule (see `_stage`)."""
+        s = shape
         n_small, n_large = self._reason_lengths()
-        batch = {m: load.get(m, 0) + group for m in ("small", "large")}
-        queue = (group + 1) / 2
-
-        def prefill(model: str, new: int, prefix: int) -> float:
-            return queue * c.prefill(model, new, prefix)
-
-        # the other engine's context, for its interleaved steps: its reasoning prompt, a proxy
-        other_context = {"small": s.large_reason_prompt, "large": s.small_reason_prompt}
-
-        def decode(model: str, context: int, tokens: int) -> float:
-            t = c.decode(model, context, tokens, batch[model])
-            other = "large" if model == "small" else "small"
-            if self.shared_device and load.get(other, 0) > 0:
-                t += c.decode(other, other_context[model], tokens, load[other])
-            return t
-
         moved = n_small if s.transfer_fraction >= 1 else max(1, round(s.transfer_fraction * n_small))
         if s.transfer_cap is not None:
             moved = min(moved, s.transfer_cap)
         left = moved if s.streamed_tokens is None else min(moved, s.streamed_tokens)
         final_prefix = s.transfer_prompt + moved - left
-        transfer = (prefill("small", s.small_reason_prompt - s.small_reason_cached, s.small_reason_cached)
-                    + decode("small", s.small_reason_prompt, n_small)
-                    + prefill("large", left + s.close_tokens, final_prefix)
-                    + decode("large", final_prefix + left + s.close_tokens, s.answer_tokens - 1))
+        # the other engine's context, for its interleaved steps: its reasoning prompt, a proxy
+        other = {"small": s.large_reason_prompt, "large": s.small_reason_prompt}
+
+        def stage(model, new, prefix, tokens):
+            return self._stage(model, new, prefix, tokens, load, group, other[model])
+
+        transfer = (stage("small", s.small_reason_prompt - s.small_reason_cached, s.small_reason_cached, n_small)
+                    + stage("large", left + s.close_tokens, final_prefix, s.answer_tokens - 1))
         after = s.large_reason_prompt + n_large
-        large = (prefill("large", s.large_reason_prompt - s.large_reason_cached, s.large_reason_cached)
-                 + decode("large", s.large_reason_prompt, n_large)
-                 + prefill("large", s.close_tokens, after)
-                 + decode("large", after + s.close_tokens, s.answer_tokens - 1))
+        large = (stage("large", s.large_reason_prompt - s.large_reason_cached, s.large_reason_cached, n_large)
+                 + stage("large", s.close_tokens, after, s.answer_tokens - 1))
         return {"transfer": transfer, "large-reason": large}
+
+    def _stage(self, model: str, new: int, prefix: int, tokens: int, load: dict[str, int], group: int,
+               other_context: int) -> float:
+        """Mean seconds until each of `group` requests that reach `model`'s engine together has
+        prefilled `new` tokens after a cached `prefix` and then decoded `tokens`, beside the
+        load[model] sequences decoding there: the engine's schedule stepped through. Each step
+        decodes every sequence that has finished its prefill, then fills the rest of the step's
+        token budget with prefill chunks in arrival order, so a request that finished its
+        prefill early decodes in steps that also carry the others' chunks (the transfer's final
+        stage: 16 prefills of 500+ tokens ran over several 4096-token steps beside the first
+        ones' answers). On a shared device each step also waits for one step of the other
+        engine's running sequences. Once every prefill is done the rest is pure decode, costed
+        in closed form per stretch of equal batch."""
+        c = self.cost
+        budget = self.step_tokens.get(model) or math.inf
+        busy = load.get(model, 0)
+        other = "large" if model == "small" else "small"
+
+        def other_steps(n: int) -> float:
+            if self.shared_device and load.get(other, 0) > 0:
+                return c.decode(other, other_context, n, load[other])
+            return 0.0
+
+        mixed = getattr(c, "mixed_scale", lambda m: 1.0)(model)
+        todo = [max(new, 1)] * group  # prefill tokens left; the engine computes at least one
+        done = [0] * group            # decode tokens produced
+        finish: list[float | None] = [None] * group
+        t = 0.0
+        while todo[-1] > 0:
+            decoding = [i for i in range(group) if todo[i] == 0 and done[i] < tokens]
+            batch = busy + len(decoding)
+            room, seconds = max(budget - batch, 1), 0.0  # at least 1: load filling the budget would stall the model
+            for i in range(group):
+                if todo[i] > 0 and room > 0:
+                    n = min(todo[i], room)
+                    seconds += c.prefill(model, n, prefix + max(new, 1) - todo[i])
+                    todo[i], room = todo[i] - n, room - n
+            if batch:  # a mixed step: its own correction
+                context = prefix + new + (done[decoding[0]] if decoding else 0)
+                seconds = (seconds + c.decode(model, context, 1, batch)) * mixed
+            t += seconds + other_steps(1)
+            for i in decoding:
+                done[i] += 1
+            for i in range(group):
+                if finish[i] is None and todo[i] == 0 and done[i] == tokens:
+                    finish[i] = t
+        # pure decode: stretches of equal batch, each ending when the next requests finish
+        position = 0
+        for r in sorted({tokens - d for d in done if d < tokens}):
+            active = sum(1 for d in done if tokens - d >= r)
+            t += c.decode(model, prefix + new + tokens - r + position, r - position, busy + active) \
+                + other_steps(r - position)
+            for i in range(group):
+                if tokens - done[i] == r:
+                    finish[i] = t
+            position = r
+        return sum(finish) / group
 
     def imposed(self, shape: PathShape, load: dict[str, int], group: int = 1) -> dict[str, float]:
         """Per path, on a shared device: every other running sequence waits for what this
@@ -243,10 +305,14 @@ class LatencyRouter:
         batch they will decode in. Decided one by one instead, the first would see idle engines
         and choose for batch 1, and the rest would follow it to avoid mixing paths."""
         g = len(shapes)
-        predicted = [self.predict(s, load, g) for s in shapes]
-        imposed = [self.imposed(s, load, g) if self.shared_device else {p: 0.0 for p in PATHS} for s in shapes]
+        seen: dict[tuple, tuple[dict, dict]] = {}  # a batch's requests mostly share one shape
+        for s in shapes:
+            if astuple(s) not in seen:
+                seen[astuple(s)] = (self.predict(s, load, g),
+                                    self.imposed(s, load, g) if self.shared_device else {p: 0.0 for p in PATHS})
+        predicted, imposed = zip(*(seen[astuple(s)] for s in shapes))
         choice = min(PATHS, key=lambda p: (sum(pr[p] + im[p] for pr, im in zip(predicted, imposed)), PATHS.index(p)))
-        return [RouteDecision(choice, pr, dict(self.reason_tokens), dict(load), imposed=im, group=g)
+        return [RouteDecision(choice, dict(pr), dict(self.reason_tokens), dict(load), imposed=dict(im), group=g)
                 for pr, im in zip(predicted, imposed)]
 
     def observe(self, stages) -> None:

@@ -143,7 +143,8 @@ class MultiAgent:
         self.overlap_engines = overlap_engines
         self.router = None if router is None else LatencyRouter(
             cost_model if cost_model is not None else AnalyticCostModel(self.engines), reason_tokens,
-            shared_device=small.device == large.device)
+            shared_device=small.device == large.device,
+            step_tokens={m: e.scheduler.max_num_batched_tokens for m, e in self.engines.items()})
         self.shared_vocab = _same_tokenizer(small.processor.tokenizer, large.processor.tokenizer)
 
     @staticmethod

@@ -29,7 +29,8 @@ class DecodeOnlyCost:
 
 
 def expected(cost, load_small=0):
-    transfer = REASON * cost.per_token["small"] * (load_small + 1) + (BRIEF - 1) * cost.per_token["large"]
+    # the reasoning prefill step also decodes the busy sequences
+    transfer = (REASON * (load_small + 1) + load_small) * cost.per_token["small"] + (BRIEF - 1) * cost.per_token["large"]
     large = REASON * cost.per_token["large"] + (BRIEF - 1) * cost.per_token["large"]
     return {"transfer": transfer, "large-reason": large}
 
@@ -87,14 +88,15 @@ def test_load_on_the_small_engine_flips_the_choice_on_separate_devices(engines):
 
 
 def test_on_a_shared_device_large_reasoning_also_waits_for_the_busy_small_engine(engines):
-    """The engines step in turn: each decode step on the large engine (large-reason's 10 + 3,
-    transfer's 3 answer steps) also runs one step of the 3 sequences on the small engine
-    (0.1 * 3 each); the idle large engine adds nothing to the small one's steps. Transfer stays
-    cheaper (5.35 s against 5.85 s), where separate devices chose large-reason."""
+    """The engines step in turn: each step on the large engine (large-reason's two prefills and
+    10 + 3 decodes, transfer's prefill and 3 answer decodes) also runs one step of the 3
+    sequences on the small engine (0.1 * 3 each), and the small engine's reasoning prefill step
+    decodes them too; the idle large engine adds nothing to the small one's steps. Transfer
+    stays cheaper (5.95 s against 6.45 s), where separate devices chose large-reason."""
     cost = DecodeOnlyCost(small=0.1, large=0.15)
     res = run_with_small_busy(engines, cost, shared_device=True)
-    transfer = 10 * 0.1 * 4 + 3 * 0.15 + 3 * 0.1 * 3
-    large = 10 * 0.15 + 10 * 0.1 * 3 + 3 * 0.15 + 3 * 0.1 * 3
+    transfer = 0.1 * 3 + 10 * 0.1 * 4 + 0.1 * 3 + 3 * 0.15 + 3 * 0.1 * 3
+    large = 0.1 * 3 + 10 * 0.15 + 10 * 0.1 * 3 + 0.1 * 3 + 3 * 0.15 + 3 * 0.1 * 3
     assert res.route.predicted == pytest.approx({"transfer": transfer, "large-reason": large})
     # the 3 busy sequences wait for what this request adds: one small batch share per reasoning
     # step (the small engine steps anyway), whole large steps (the large engine was idle)
@@ -129,8 +131,8 @@ class FakeRunner:
 
 def test_analytic_cost_model_is_calibrated_by_engine_steps(engines):
     """Corrections = measured / predicted seconds of the steps the engines ran: prefill from pure
-    prefill steps, decode per batch class (interpolated in log2 batch) from pure decode steps;
-    mixed steps, and steps before the model existed, teach nothing."""
+    prefill steps, decode per batch class (interpolated in log2 batch) from pure decode steps,
+    mixed steps against their corrected parts; steps before the model existed teach nothing."""
     model = AnalyticCostModel({"small": engines[0], "large": engines[1]}, ema=1.0)
     raw = dict(model.predictors)
     runner = FakeRunner()
@@ -142,13 +144,16 @@ def test_analytic_cost_model_is_calibrated_by_engine_steps(engines):
     runner.run(StepTiming(2 * raw["small"].decode_step(100, 1), (100,), ()))
     runner.run(StepTiming(10 * raw["small"].decode_step(100, 16), (90, 110) * 8, ()))
     runner.run(StepTiming(3 * (raw["small"].prefill(40, 0) + raw["small"].prefill(8, 30)), (), ((40, 0), (8, 30))))
-    runner.run(StepTiming(1e3, (100,), ((40, 0),)))  # mixed: skipped
+    runner.run(StepTiming(1e3, (100,), ((40, 0),)))  # mixed: on top of the parts' corrections
     assert model.decode("small", 100, 10, batch=1) == pytest.approx(2 * raw["small"].decode_step(105, 1) * 10)
     assert model.decode("small", 100, 10, batch=16) == pytest.approx(10 * raw["small"].decode_step(105, 16) * 10)
     # batch 4 sits halfway between batch 1 and 16 in log2: halfway between the corrections
     assert model.decode("small", 100, 10, batch=4) == pytest.approx(6 * raw["small"].decode_step(105, 4) * 10)
     assert model.prefill("small", 64, 0) == pytest.approx(3 * raw["small"].prefill(64, 0))
     assert model.prefill("large", 64, 0) == pytest.approx(raw["large"].prefill(64, 0))  # nothing ran there
+    mixed = 2 * raw["small"].decode_step(100, 1) + 3 * raw["small"].prefill(40, 0)
+    assert model.mixed_scale("small") == pytest.approx(1e3 / mixed)
+    assert model.mixed_scale("large") == 1.0
 
     for _ in range(6):  # more new steps than the log keeps: the kept ones are read
         runner.run(StepTiming(4 * raw["small"].decode_step(50, 1), (50,), ()))
@@ -189,6 +194,56 @@ def test_requests_reaching_the_decision_in_one_step_are_routed_together(engines)
     for r in results:
         assert r.route.load == {"small": 0, "large": 0}
         assert r.route.predicted == pytest.approx({"transfer": transfer, "large-reason": large})
+
+
+class LinearCost:
+    """A prefill token costs `prefill_token`; a decode step `per_sequence` per sequence."""
+
+    def __init__(self, prefill_token, per_sequence):
+        self.prefill_token, self.per_sequence = prefill_token, per_sequence
+
+    def prefill(self, model, new_tokens, prefix_tokens):
+        return max(new_tokens, 0) * self.prefill_token
+
+    def decode(self, model, context_len, num_tokens, batch=1):
+        return max(num_tokens, 0) * self.per_sequence * batch
+
+
+def test_a_groups_stage_is_predicted_as_the_engine_schedules_it(agent_pair):
+    """Three 11-token prompts reach an engine that decodes 2 other sequences, under a 16-token
+    step budget: their prefills are chunked over 3 steps that also decode the ones done
+    prefilling. The router's stage time for the group equals the mean finish time of the three
+    on the engine's own step log, each step costed by the same linear cost."""
+    budget, tokens, prompt = 16, 3, 11
+    llm = engine(agent_pair[0], max_num_batched_tokens=budget, enable_prefix_caching=False)
+    never = SamplingParams(max_tokens=100, ignore_eos=True)
+    busy = [llm.add_request({"prompt_token_ids": [7 + i] * 4}, never) for i in range(2)]
+    llm.step()
+    first = llm.runner.steps_executed
+    group = [llm.add_request({"prompt_token_ids": [20 + i] * prompt}, SamplingParams(max_tokens=tokens + 1, ignore_eos=True))
+             for i in range(3)]
+    finished_at = {}
+    while len(finished_at) < len(group):
+        for out in llm.step():
+            if out.finished:
+                finished_at[out.request_id] = llm.runner.steps_executed - first
+    steps = list(llm.runner.recent_steps)[first - llm.runner.steps_executed:]
+    for rid in busy:
+        llm.abort(rid)
+    assert max(len(s.prefills) for s in steps) == 2 and sum(bool(s.prefills) for s in steps) == 3  # chunked
+
+    cost = LinearCost(prefill_token=0.01, per_sequence=0.1)
+    elapsed, clock = 0.0, []
+    for s in steps:
+        elapsed += sum(n for n, _ in s.prefills) * cost.prefill_token + len(s.decode_contexts) * cost.per_sequence
+        clock.append(elapsed)
+    engine_mean = sum(clock[finished_at[rid] - 1] for rid in group) / len(group)
+    router = LatencyRouter(cost, reason_prior=1, step_tokens={"small": budget})
+    predicted = router._stage("small", prompt, 0, tokens, {"small": len(busy)}, len(group), 0)
+    assert predicted == pytest.approx(engine_mean)
+    # without a budget all three prefill in one step and then decode at batch 5
+    unbounded = LatencyRouter(cost, reason_prior=1)._stage("small", prompt, 0, tokens, {"small": 2}, 3, 0)
+    assert unbounded == pytest.approx(3 * prompt * 0.01 + 2 * 0.1 + tokens * 5 * 0.1)
 
 
 def test_bad_router_options(engines):

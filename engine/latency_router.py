@@ -29,6 +29,8 @@ of a step with both), can replace it.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from dataclasses import astuple, dataclass, field
 
 PATHS = ("transfer", "large-reason")
@@ -76,15 +78,15 @@ class AnalyticCostModel:
     """engine/analysis's cost model per engine, corrected online by the engines' own step times.
 
     Every executed step is logged by its runner (ModelRunner.recent_steps); before each use the
-    model reads the steps it has not seen and moves a correction toward measured / predicted
-    seconds: one per model for pure prefill steps, one per model and decode batch class for
+    model reads the steps it has not seen; a correction is the median of measured / predicted
+    seconds over the latest steps of its kind: one per model for pure prefill steps, one per model and decode batch class for
     pure decode steps, and one per model for mixed steps on top of their parts' corrections.
     Per step, not per finished stage, because a stage's time-to-first-token includes its wait
     in the queue, and a stage's decode time mixes the batches it ran in. Per batch class,
     because on the 2-core CPU the demo models' measured decode step grew 7.7-10x from batch 1
     to 16 where the analytic model says 3.3-4.2x."""
 
-    def __init__(self, engines: dict, time_model=None, ema: float = 0.1):
+    def __init__(self, engines: dict, time_model=None, window: int = 15):
         from baton.engine.analysis.calibration import TimeModel
         from baton.engine.analysis.devices import PRESETS
         from baton.engine.analysis.predictor import LatencyPredictor
@@ -95,10 +97,14 @@ class AnalyticCostModel:
             tm = time_model or TimeModel.from_spec(PRESETS["h100" if llm.device.type == "cuda" else "cpu"])
             nbytes = {"float32": 4}.get(str(llm.dtype).replace("torch.", ""), 2)
             self.predictors[name] = LatencyPredictor(name, llm.model_cfg, nbytes, tm)
-        # measured / predicted seconds, an average over steps: (model, "prefill") and
-        # (model, "decode", batch class); 1.0 until a step of that kind ran
+        # measured / predicted seconds, the median of the last `window` steps of each kind:
+        # (model, "prefill"), (model, "decode", batch class), (model, "mixed"); 1.0 until one ran.
+        # A median, because one slow step must not set a class that sees few steps (a batch-16
+        # run makes one or two batch-1 steps): a step that chose kernel paths for a new shape
+        # ran 37-40x its prediction and, as the first sample of an average, stayed in it.
         self.scale: dict[tuple, float] = {}
-        self.ema = ema
+        self.window = window
+        self._ratios: dict[tuple, deque] = {}
         self._seen = {m: getattr(_runner(llm), "steps_executed", 0) for m, llm in engines.items()}
 
     def prefill(self, model: str, new_tokens: int, prefix_tokens: int) -> float:
@@ -147,6 +153,8 @@ class AnalyticCostModel:
     def observe_step(self, model: str, step) -> None:
         """Moves one correction toward measured / predicted for one step (a StepTiming)."""
         p = self.predictors[model]
+        if getattr(step, "first_use", False):  # its time includes kernel routing, not only the model
+            return
         if step.prefills and not step.decode_contexts:
             predicted = sum(p.prefill(n, prefix) for n, prefix in step.prefills)
             self._update((model, "prefill"), step.seconds / max(predicted, 1e-12))
@@ -172,8 +180,9 @@ class AnalyticCostModel:
         self.sync()
 
     def _update(self, key, ratio: float) -> None:
-        old = self.scale.get(key)
-        self.scale[key] = ratio if old is None else (1 - self.ema) * old + self.ema * ratio
+        recent = self._ratios.setdefault(key, deque(maxlen=self.window))
+        recent.append(ratio)
+        self.scale[key] = statistics.median(recent)
 
 
 def _runner(llm):

@@ -13,6 +13,7 @@ from baton.engine.encoder_cache import EncoderCache
 from baton.engine.sampler import Sampler
 from baton.engine.scheduler import ScheduledBatch
 from baton.engine.sequence import Sequence
+from baton.kernels import cpu_routing
 from baton.models.attention import AttentionMetadata
 from baton.models.interface import StepInputs, VisualFeatures
 
@@ -33,11 +34,13 @@ NON_FINITE = "the model produced non-finite logits"
 class StepTiming:
     """One executed step, for online cost calibration (engine/latency_router.py): the model's
     seconds (the vision encoder excluded), the key count of each decoding sequence, and (new
-    tokens, cached prefix) of each prefilling one."""
+    tokens, cached prefix) of each prefilling one. first_use: the step also chose a CPU kernel
+    path for a new shape (kernels.cpu_routing), so its seconds overstate the model's."""
 
     seconds: float
     decode_contexts: tuple[int, ...]
     prefills: tuple[tuple[int, int], ...]
+    first_use: bool = False
 
 
 class ModelRunner:
@@ -184,6 +187,7 @@ class ModelRunner:
         """Runs the step and samples; the scheduler's update_from_output then advances the
         sequences. Returns one result per sampled sequence."""
         images = self._encode_missing(batch)
+        routed = cpu_routing.first_uses()
         if self.static_decode is not None and self.static_decode.accepts(batch):
             t0 = time.perf_counter()
             hidden, logits_rows, sample_seqs = self.static_decode.run(batch)
@@ -208,6 +212,7 @@ class ModelRunner:
                 seq.metrics.decode_steps += 1
                 seq.metrics.decode_batch_total += len(batch.seqs)
                 contexts.append(seq.num_computed_tokens + n)
-        self.recent_steps.append(StepTiming(elapsed, tuple(contexts), tuple(prefills)))
+        self.recent_steps.append(StepTiming(elapsed, tuple(contexts), tuple(prefills),
+                                            first_use=cpu_routing.first_uses() != routed))
         self.steps_executed += 1
         return results

@@ -60,6 +60,7 @@ EVICT_MIN_BYTES = 64 << 20
 
 _lock = threading.Lock()
 _decisions: dict[tuple, bool] = {}
+_first_uses = 0  # decisions made in this process: each timed its shape, or read the disk cache
 _entries: dict[str, dict] | None = None  # the file's entries, loaded on first use
 _mode: str | None = None
 
@@ -120,7 +121,15 @@ def use_native(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     return choice
 
 
+def first_uses() -> int:
+    """How many shape classes this process has routed so far. A forward pass that raised it
+    spent part of its time choosing (up to a few hundred ms), so its timing is not the model's
+    (engine/model_runner.py flags such steps for the latency router's calibration)."""
+    return _first_uses
+
+
 def _decide(key, x, weight, bias) -> bool:
+    global _first_uses
     m = mode()
     if m == "static":  # by exact rows, so not cached per class
         return static_choice(x.dtype, x.shape[0])
@@ -130,6 +139,7 @@ def _decide(key, x, weight, bias) -> bool:
     with _lock:
         if key in _decisions:
             return _decisions[key]
+        _first_uses += 1
         entries = _load()
         name = entry_name(*key)
         entry = entries.get(name)

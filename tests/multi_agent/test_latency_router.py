@@ -133,7 +133,7 @@ def test_analytic_cost_model_is_calibrated_by_engine_steps(engines):
     """Corrections = measured / predicted seconds of the steps the engines ran: prefill from pure
     prefill steps, decode per batch class (interpolated in log2 batch) from pure decode steps,
     mixed steps against their corrected parts; steps before the model existed teach nothing."""
-    model = AnalyticCostModel({"small": engines[0], "large": engines[1]}, ema=1.0)
+    model = AnalyticCostModel({"small": engines[0], "large": engines[1]}, window=1)
     raw = dict(model.predictors)
     runner = FakeRunner()
     runner.run(StepTiming(99.0, (10,), ()))  # before the model looked: not read
@@ -160,6 +160,31 @@ def test_analytic_cost_model_is_calibrated_by_engine_steps(engines):
     assert model.decode("small", 50, 2) == pytest.approx(4 * raw["small"].decode_step(51, 1) * 2)
 
 
+def test_one_slow_step_does_not_skew_the_correction(engines):
+    """A shape's first step also times its kernel routing (tens of times slower): the correction
+    is a median over the latest steps, so one outlier among normal steps leaves it alone, and
+    an outlier seen first is outvoted by the next two steps."""
+    model = AnalyticCostModel({"small": engines[0], "large": engines[1]}, window=5)
+    raw = model.predictors["small"].decode_step(100, 1)
+    runner = FakeRunner()
+    runner.recent_steps = deque(maxlen=16)
+    model.engines = {"small": SimpleNamespace(runner=runner), "large": SimpleNamespace(runner=None)}
+    model._seen = {"small": 0, "large": 0}
+    for seconds in (40 * raw, 2 * raw, 2.2 * raw):
+        runner.run(StepTiming(seconds, (100,), ()))
+    assert model.decode_scale("small", 1) == 1.0  # not read yet
+    model.sync()
+    assert model.decode_scale("small", 1) == pytest.approx(2.2)
+    for seconds in (2 * raw, 40 * raw, 2 * raw):
+        runner.run(StepTiming(seconds, (100,), ()))
+    model.sync()  # last five: 2, 2.2, 2, 40, 2
+    assert model.decode_scale("small", 1) == pytest.approx(2.0)
+    for _ in range(3):  # steps that also chose kernel paths teach nothing
+        runner.run(StepTiming(50 * raw, (100,), (), first_use=True))
+    model.sync()
+    assert model.decode_scale("small", 1) == pytest.approx(2.0)
+
+
 def test_runner_logs_each_step_for_the_cost_model(engines):
     small = engines[0]
     ids = small.processor.tokenizer.encode("hello there, a prompt of some length")
@@ -169,6 +194,21 @@ def test_runner_logs_each_step_for_the_cost_model(engines):
     assert [(s.prefills, s.decode_contexts) for s in steps] == [
         (((len(ids), 0),), ()), ((), (len(ids) + 1,)), ((), (len(ids) + 2,)), ((), (len(ids) + 3,))]
     assert all(s.seconds > 0 for s in steps)
+
+
+def test_steps_that_choose_kernel_paths_are_flagged(engines, monkeypatch):
+    """The first product of a new shape class times both CPU paths inside the step."""
+    from baton.kernels import cpu_routing
+
+    small = engines[0]
+    monkeypatch.setenv("BATON_CPU_KERNELS", "auto")
+    ids = small.processor.tokenizer.encode("a prompt for routing")
+    params = SamplingParams(max_tokens=2, ignore_eos=True)
+    small.generate([{"prompt_token_ids": ids}], params)
+    assert not small.runner.recent_steps[-1].first_use  # all shapes routed by now
+    cpu_routing.reset()
+    small.generate([{"prompt_token_ids": ids}], params)
+    assert [s.first_use for s in list(small.runner.recent_steps)[-2:]] == [True, False]
 
 
 class BatchSensitiveCost(DecodeOnlyCost):

@@ -79,8 +79,9 @@ class AnalyticCostModel:
 
     Every executed step is logged by its runner (ModelRunner.recent_steps); before each use the
     model reads the steps it has not seen; a correction is the median of measured / predicted
-    seconds over the latest steps of its kind: one per model for pure prefill steps, one per model and decode batch class for
-    pure decode steps, and one per model for mixed steps on top of their parts' corrections.
+    seconds over the latest steps of its kind: one per model for pure prefill steps, one per
+    model and decode batch class for pure decode steps, and one per model for mixed steps on
+    top of their parts' corrections. Steps that also chose CPU kernel paths are skipped.
     Per step, not per finished stage, because a stage's time-to-first-token includes its wait
     in the queue, and a stage's decode time mixes the batches it ran in. Per batch class,
     because on the 2-core CPU the demo models' measured decode step grew 7.7-10x from batch 1
@@ -151,7 +152,7 @@ class AnalyticCostModel:
                 self.observe_step(model, step)
 
     def observe_step(self, model: str, step) -> None:
-        """Moves one correction toward measured / predicted for one step (a StepTiming)."""
+        """Adds one step's (a StepTiming's) measured / predicted to its correction's window."""
         p = self.predictors[model]
         if getattr(step, "first_use", False):  # its time includes kernel routing, not only the model
             return

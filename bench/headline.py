@@ -98,8 +98,13 @@ class Bench:
         kw.setdefault("selector", "truncate")
         kw.setdefault("budget", 0.5)
         kw.setdefault("stream_chunk", max(2, min(16, ls // 8)))  # several chunks even in short reasoning
-        return MultiAgent(self.small, self.large, reason_max_tokens={"small": ls, "large": ll},
+        team = MultiAgent(self.small, self.large, reason_max_tokens={"small": ls, "large": ll},
                           brief_max_tokens=self.args.brief_tokens, exact_lengths=True, **kw)
+        if isinstance(kw.get("cost_model"), Prefer):
+            # a fixed path: on a shared device a loaded small engine would add its (huge) steps
+            # to large-reason's prediction too, and the choice would no longer be fixed
+            team.router.shared_device = False
+        return team
 
     def run(self, team: MultiAgent, mode: str, n: int, repeats: int | None = None):
         """Mean per-request seconds of n concurrent requests, and their results: the best of

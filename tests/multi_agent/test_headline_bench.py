@@ -96,3 +96,30 @@ def test_paired_router_ratio_cancels_drift_between_repeats():
                                         (16, 512, 512, 0.5): {**times, "router": [9.0, 19.0, 11.0]}})
     assert "(3 repeats;" in line and "at most +3.0% (b16 512/1024 @ 0.00" in line
     assert "faster than the better path in 1 of 2 cells" in line
+
+
+def test_router_split_load_runs_both_waves_with_outside_traffic(capsys, monkeypatch):
+    """bench/router_split_load.py on the tiny presets: in wave A the router sees the outside
+    sequences on the loaded engine, in wave B none, and the fixed baselines keep their routes
+    even when the small engine is loaded on a shared device."""
+    sys.path.insert(0, ROOT)
+    from bench import router_split_load
+    from baton.engine.latency_router import LatencyRouter
+
+    loads = []
+    original = LatencyRouter.choose_group
+
+    def recording(self, shapes, load):
+        loads.append(dict(load))
+        return original(self, shapes, load)
+
+    monkeypatch.setattr(LatencyRouter, "choose_group", recording)
+    rc = router_split_load.main(["--small", "tiny", "--large", "tiny-hd32", "--load", "3", "--load-on", "small",
+                                 "--batch", "2", "--small-len", "8", "--large-len", "8", "--repeats", "1",
+                                 "--image-size", "64", "--brief-tokens", "3"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in text.splitlines() if line.split()[:1] in (["auto"], ["auto->LR"], ["router"])}
+    assert rows["auto->LR"].rstrip().endswith("A 0T/2L, B 0T/2L") and rows["auto"].rstrip().endswith("A 2T, B 2T")
+    # two decisions per wave pair for each routed path (auto->LR and router): loaded, then idle
+    assert sorted(ld["small"] for ld in loads) == [0, 0, 3, 3] and all(ld["large"] == 0 for ld in loads)

@@ -328,7 +328,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            "(x, residual) after the last layer",
            py::arg("x"), py::arg("cos"), py::arg("sin"), py::arg("slots"), py::arg("block_tables"),
            py::arg("context_lens"), py::arg("native"), py::call_guard<py::gil_scoped_release>())
-      .def_property_readonly("num_layers", &baton::DecodeStack::num_layers);
+      .def_property_readonly("num_layers", &baton::DecodeStack::num_layers)
+      .def_property("profiling", &baton::DecodeStack::profiling, &baton::DecodeStack::set_profiling,
+                    "time each op of every step (off by default; see profile())")
+      .def("profile", &baton::DecodeStack::profile,
+           "[(op, seconds summed over layers and profiled steps)] in the order a layer runs them")
+      .def_property_readonly("profiled_steps", &baton::DecodeStack::profiled_steps)
+      .def("reset_profile", &baton::DecodeStack::reset_profile);
   m.def("stream_read_sum", &stream_read_sum,
         "sum mod 2^32 of a CPU tensor's bytes as 32-bit words, each thread reading its share as "
         "`streams` runs side by side (the benches' read floor)",

@@ -112,6 +112,15 @@ std::tuple<at::Tensor, at::Tensor> DecodeStack::forward(const at::Tensor& x, con
   check_decode_tables(tables, lens, num_blocks, block_size, kOp);
 
   const int64_t q = heads_ * head_dim_, kv = kv_heads_ * head_dim_;
+  // Profiling: `lap(op)` charges the time since the previous lap to op (kOps order).
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point last = profiling_ ? Clock::now() : Clock::time_point();
+  auto lap = [&](size_t op) {
+    if (!profiling_) return;
+    const Clock::time_point now = Clock::now();
+    op_seconds_[op] += std::chrono::duration<double>(now - last).count();
+    last = now;
+  };
   at::Tensor h, residual, out = x.contiguous();  // the first residual is x itself: the kernels read it flat
   for (size_t i = 0; i < layers_.size(); ++i) {
     const DecodeLayerTensors& l = layers_[i];
@@ -122,7 +131,9 @@ std::tuple<at::Tensor, at::Tensor> DecodeStack::forward(const at::Tensor& x, con
     } else {
       std::tie(h, residual) = rms_norm_cpu(out, l.input_norm, eps_, residual);
     }
+    lap(0);
     const at::Tensor qkv = linear(h, l.qkv, l.qkv_bias, qkv_bias_f32, native[0]);
+    lap(1);
     at::Tensor qh = std::get<0>(rms_norm_cpu(qkv.narrow(1, 0, q).reshape({B * heads_, head_dim_}).contiguous(),
                                              l.q_norm, eps_, std::nullopt))
                         .view({B, heads_, head_dim_});
@@ -130,18 +141,39 @@ std::tuple<at::Tensor, at::Tensor> DecodeStack::forward(const at::Tensor& x, con
                                              l.k_norm, eps_, std::nullopt))
                         .view({B, kv_heads_, head_dim_});
     const at::Tensor vh = qkv.narrow(1, q + kv, kv).reshape({B, kv_heads_, head_dim_}).contiguous();
+    lap(2);
     rotary_cpu_(qh, c, s);
     rotary_cpu_(kh, c, s);
+    lap(3);
     at::Tensor k_cache = l.k_cache, v_cache = l.v_cache;
     store_kv_cpu(kh, vh, k_cache, v_cache, sl);
+    lap(4);
     const at::Tensor attn = paged_decode_cpu(qh, k_cache, v_cache, tables, lens, scale_);
+    lap(5);
     const at::Tensor o = linear(attn.view({B, q}), l.o, l.o_bias, o_bias_f32, native[1]);
+    lap(6);
     std::tie(h, residual) = rms_norm_cpu(o.contiguous(), l.post_norm, eps_, residual);
+    lap(7);
     const at::Tensor gate_up = linear(h, l.gate_up, at::Tensor(), at::Tensor(), native[2]);
+    lap(8);
     const at::Tensor act = at::silu(gate_up.narrow(1, 0, inter_)).mul_(gate_up.narrow(1, inter_, inter_));
+    lap(9);
     out = linear(act, l.down, at::Tensor(), at::Tensor(), native[3]);
+    lap(10);
   }
+  if (profiling_) ++profiled_steps_;
   return {out, residual};
+}
+
+std::vector<std::pair<std::string, double>> DecodeStack::profile() const {
+  std::vector<std::pair<std::string, double>> out;
+  for (size_t i = 0; i < kOps.size(); ++i) out.emplace_back(kOps[i], op_seconds_[i]);
+  return out;
+}
+
+void DecodeStack::reset_profile() {
+  op_seconds_.fill(0.0);
+  profiled_steps_ = 0;
 }
 
 }  // namespace baton

@@ -5,7 +5,10 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <chrono>
+#include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 namespace baton {
@@ -40,6 +43,20 @@ class DecodeStack {
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
 
+  // The step's ops in the order they run; profile() reports seconds per op under these names.
+  static constexpr std::array<const char*, 11> kOps = {
+      "input_norm", "qkv", "qk_norm", "rotary", "kv_store", "attention",
+      "o", "post_norm", "gate_up", "silu_mul", "down"};
+
+  // Per-op wall time summed over the layers of every step since the last reset, while
+  // profiling is on (off by default: then a step reads no clock). The native step is one
+  // call, invisible to torch.profiler; this is how its time splits.
+  void set_profiling(bool on) { profiling_ = on; }
+  bool profiling() const { return profiling_; }
+  std::vector<std::pair<std::string, double>> profile() const;
+  int64_t profiled_steps() const { return profiled_steps_; }
+  void reset_profile();
+
  private:
   std::vector<DecodeLayerTensors> layers_;
   // Per layer, the qkv and o biases in float32 (undefined without a bias): the skinny GEMM
@@ -47,6 +64,9 @@ class DecodeStack {
   std::vector<std::array<at::Tensor, 2>> bias_f32_;
   int64_t heads_, kv_heads_, head_dim_, hidden_, inter_;
   double eps_, scale_;
+  bool profiling_ = false;
+  mutable std::array<double, kOps.size()> op_seconds_{};
+  mutable int64_t profiled_steps_ = 0;
 };
 
 }  // namespace baton

@@ -64,6 +64,13 @@ class NativeDecode:
         # lookups per layer per step (most of applies()'s time at 28 layers, under cProfile)
         self._attns = tuple(layer.self_attn.attn for layer in decoder.layers)
 
+    @property
+    def stack(self):
+        """The native stack built for the current KV cache (None before the first native step):
+        its `profiling`, `profile()`, `profiled_steps` and `reset_profile()` split a step's time
+        by op (bench/decode_profile.py)."""
+        return self._stack
+
     def applies(self, embeds: torch.Tensor, cos: torch.Tensor, meta, kv_caches, visual_index) -> bool:
         """Whether this step can run natively (see the module docstring)."""
         d = self.decoder

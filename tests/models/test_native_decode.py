@@ -190,3 +190,44 @@ def test_a_strided_input_gives_the_contiguous_result(tiny_llm_factory):
         t.copy_(s)
     got = stack.forward(x, cos, sin, *step, [True] * 4)
     assert not x.is_contiguous() and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_profile_splits_a_step_by_op_and_is_off_by_default(tiny_llm_factory):
+    import time
+
+    llm = tiny_llm_factory()
+    dec, layers, cfg = _stack_args(llm)
+    stack = native_decode._native.DecodeStack(layers, *cfg)
+    hidden, half = dec.cfg.hidden_size, cfg[2] // 2
+    args = (torch.randn(1, hidden), torch.rand(1, half), torch.rand(1, half), torch.tensor([0]),
+            torch.zeros(1, 1, dtype=torch.int32), torch.tensor([1], dtype=torch.int32), [True] * 4)
+    names = ["input_norm", "qkv", "qk_norm", "rotary", "kv_store", "attention", "o", "post_norm", "gate_up",
+             "silu_mul", "down"]
+    stack.forward(*args)
+    assert not stack.profiling and stack.profiled_steps == 0
+    assert stack.profile() == [(n, 0.0) for n in names]  # off: no clock read, nothing charged
+    stack.profiling = True
+    t0 = time.perf_counter()
+    for _ in range(3):
+        stack.forward(*args)
+    wall = time.perf_counter() - t0
+    prof = dict(stack.profile())
+    assert list(prof) == names and stack.profiled_steps == 3
+    assert all(s > 0 for s in prof.values())  # every op charged on every layer
+    assert sum(prof.values()) <= wall  # laps partition the calls' time, never double-count it
+    stack.reset_profile()
+    assert stack.profiled_steps == 0 and all(s == 0.0 for _, s in stack.profile())
+
+
+def test_decode_profile_bench_runs_on_a_tiny_model():
+    import pathlib
+    import subprocess
+    import sys
+
+    bench = pathlib.Path(__file__).resolve().parents[2] / "bench" / "decode_profile.py"
+    out = subprocess.run([sys.executable, str(bench), "--preset", "tiny", "--dtype", "float32", "--repeats", "1",
+                          "--new-tokens", "4", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
+    assert {"qkv", "attention", "silu_mul", "down", "outside"} <= rows
+    assert "CPU flags:" in out.stdout

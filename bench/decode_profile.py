@@ -9,7 +9,7 @@ products their paired share of the read floor (floor ms / op ms: 100% means the 
 reads its weights as fast as a plain read does). "outside the stack" is the runner's step
 (embedding, final norm, LM head, sampling) minus the stack.
 
-    python bench/decode_profile.py [--dtype bfloat16] [--batch 1] [--threads 2]
+    python bench/decode_profile.py [--dtype bfloat16] [--batch 1] [--threads 2] [--prompt-words 300]
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def product_weights(decoder) -> dict[str, list[torch.Tensor]]:
             for op, (a, b) in PRODUCTS.items()}
 
 
-def profile_pass(llm: LLM, decoder, batch: int, new_tokens: int) -> tuple[dict[str, float], float, int]:
+def profile_pass(llm: LLM, decoder, batch: int, new_tokens: int, prompt_words: int) -> tuple[dict[str, float], float, int]:
     """(ms per decode step per op, the runner's mean decode-step ms, decode steps) for one
     generate of `batch` prompts."""
     stack = decoder.native_decode.stack
@@ -52,7 +52,9 @@ def profile_pass(llm: LLM, decoder, batch: int, new_tokens: int) -> tuple[dict[s
     stack.profiling = True
     seen = llm.runner.steps_executed
     try:
-        prompts = [f"<|im_start|>user\nTell me about {i}.<|im_end|>\n<|im_start|>assistant\n" for i in range(batch)]
+        filler = " ".join(f"w{j % 50}" for j in range(prompt_words))
+        prompts = [f"<|im_start|>user\nTell me about {i}. {filler}<|im_end|>\n<|im_start|>assistant\n"
+                   for i in range(batch)]
         llm.generate(prompts, SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True))
     finally:
         stack.profiling = False
@@ -71,13 +73,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--prompt-words", type=int, default=0,
+                    help="filler words in each prompt: longer contexts for the attention op")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     path = ensure_checkpoint(args.preset)
-    print(f"checkpoint {path}; dtype {args.dtype}; batch {args.batch}; threads {torch.get_num_threads()}")
+    print(f"checkpoint {path}; dtype {args.dtype}; batch {args.batch}; threads {torch.get_num_threads()}; "
+          f"prompt filler words {args.prompt_words}")
     print(native_paths_line())
     llm = LLM(str(path), dtype=args.dtype, device="cpu")
     decoder = text_decoder(llm)
@@ -89,11 +94,12 @@ def main() -> None:
 
     ops, steps_ms, floors = [], [], []
     for _ in range(args.repeats):
-        per_op, step_ms, _ = profile_pass(llm, decoder, args.batch, args.new_tokens)
+        per_op, step_ms, _ = profile_pass(llm, decoder, args.batch, args.new_tokens, args.prompt_words)
         ops.append(per_op)
         steps_ms.append(step_ms)
         floors.append({op: 1e3 * weights_read_time(w, repeats=1)[0] for op, w in weights.items()})
 
+    print(f"context: {llm.runner.recent_steps[-1].decode_contexts[0]} keys at the last step")
     med = {op: statistics.median(p[op] for p in ops) for op in ops[0]}
     step = statistics.median(steps_ms)
     rows = []

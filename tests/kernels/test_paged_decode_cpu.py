@@ -43,6 +43,18 @@ def test_bfloat16_matches_the_torch_path():
 
 
 @needs_kernel
+@pytest.mark.parametrize("spread", [1.0, 30.0, 400.0])
+def test_peaked_and_flat_softmax_match_float64(spread):
+    """Scores spread over hundreds (the kernel's exp clamps below e^-86 and rebuilds 2^n in the
+    exponent bits): near-one-hot and flat weights both match the float64 loop."""
+    case = make_decode_case([77, 300], 8, 2, 64, 16, seed=int(spread))
+    case.q.mul_(spread)
+    out = paged_decode_cpu.paged_decode_attention(*_args(case))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), naive_decode_attention(*_args(case)), atol=1e-5, rtol=1e-5)
+
+
+@needs_kernel
 def test_one_and_two_threads_agree():
     case = make_decode_case([1290, 64, 3], 8, 2, 128, 16, seed=5)
     old = torch.get_num_threads()

@@ -3,12 +3,14 @@
 //
 // The torch path gathers every sequence's K and V into contiguous tensors (index_select) and
 // then calls SDPA: two extra copies of the whole context per layer and step. Here each task
-// takes a run of whole blocks of one sequence and walks its tokens in memory order (a
-// token's K row holds every KV head, contiguous), computing every query head's scores,
-// softmax statistics and weighted values for that run; the runs of a sequence are then merged
-// by their maxima and sums (split-K, as flash decoding does on GPUs). Walking one head at a
-// time instead strides by a whole token row per key and measured several times slower at
-// long contexts (a page and a TLB entry per key).
+// takes a run of whole blocks of one sequence and walks its keys in memory order (a token's
+// K row holds every KV head, contiguous), computing every query head's scores and softmax
+// statistics for that run; the values are then summed block by block, each head's sums held
+// in registers over the block's tokens while the next block is prefetched (paged_decode_body.inc).
+// The runs of a sequence are merged by their maxima and sums (split-K, as flash decoding does
+// on GPUs). Walking one head at a time over the whole context instead strides by a token row
+// per key and measured several times slower at long contexts (a page and a TLB entry per key);
+// within one block (a few pages, prefetched) the stride costs nothing.
 //
 // One body (paged_decode_body.inc) per instruction-set path (cpu_isa.h): generic, AVX2,
 // AVX-512 (the avx512bf16 level runs the AVX-512 one: the scores are memory-bound).

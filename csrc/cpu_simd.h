@@ -10,6 +10,8 @@
 // load (float or bfloat16, widened to float), fma(a, b, c) = a * b + c, add, store, hsum,
 // prefetch (a hint: one cache line into L1). kPairedBf16: whether load_pair(p, even, odd)
 // exists, widening 2W bfloat16 values at once into their even- and odd-indexed lanes.
+// kHeldSums: how many vectors of running sums a loop may keep live besides its operands
+// without spilling (the generic path's arrays spill past one).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -32,6 +34,7 @@ struct VecGeneric {
   static constexpr int kCols = 2;
   static constexpr int kPanelRows = 4;
   static constexpr bool kPairedBf16 = false;
+  static constexpr int kHeldSums = 1;
   struct reg {
     float v[8];
   };
@@ -97,6 +100,7 @@ struct VecAvx2 {
   static constexpr int kCols = 3;
   static constexpr int kPanelRows = 6;  // 12 sums + 2 inputs + 1 broadcast: 15 of 16 ymm
   static constexpr bool kPairedBf16 = true;
+  static constexpr int kHeldSums = 4;
   using reg = __m256;
   BATON_AVX2 static inline reg zero() { return _mm256_setzero_ps(); }
   BATON_AVX2 static inline reg set1(float a) { return _mm256_set1_ps(a); }
@@ -130,6 +134,7 @@ struct VecAvx512 {
   static constexpr int kCols = 4;
   static constexpr int kPanelRows = 12;  // 24 sums + 2 inputs + 1 broadcast: 27 of 32 zmm
   static constexpr bool kPairedBf16 = true;
+  static constexpr int kHeldSums = 4;
   using reg = __m512;
   BATON_AVX512 static inline reg zero() { return _mm512_setzero_ps(); }
   BATON_AVX512 static inline reg set1(float a) { return _mm512_set1_ps(a); }

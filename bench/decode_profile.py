@@ -44,7 +44,8 @@ def product_weights(decoder) -> dict[str, list[torch.Tensor]]:
             for op, (a, b) in PRODUCTS.items()}
 
 
-def profile_pass(llm: LLM, decoder, batch: int, new_tokens: int, prompt_words: int) -> tuple[dict[str, float], float, int]:
+def profile_pass(llm: LLM, decoder, batch: int, new_tokens: int,
+                 prompt_words: int) -> tuple[dict[str, float], float, int]:
     """(ms per decode step per op, the runner's mean decode-step ms, decode steps) for one
     generate of `batch` prompts."""
     stack = decoder.native_decode.stack

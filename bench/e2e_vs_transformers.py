@@ -156,7 +156,8 @@ def main():
         rows.append([dtype, n_prompt, f"{b_ttft * 1e3:.0f}", f"{h_ttft * 1e3:.0f}", f"{h_ttft / b_ttft:.2f}x",
                      f"{ttft_ratio:.2f}x",
                      f"{b_tok * 1e3:.1f}", f"{h_tok * 1e3:.1f}", f"{h_tok / b_tok:.2f}x",
-                     f"{floor * 1e3:.1f}", floor_read, f"{floor / b_tok:.0%}", f"{b_share:.0%}", f"{step_share:.0%}",
+                     f"{floor * 1e3:.1f}", floor_read, f"{floor / b_tok:.0%}", f"{b_share:.0%}",
+                     f"{step_share:.0%}",
                      f"{sum_floor / b_tok:.0%}", f"{b_eager * 1e3:.1f}"])
         print(flush=True)
         print_table(headers, rows)
@@ -165,8 +166,8 @@ def main():
           "one tensor after another, by the fastest of torch's sum and 1-8 streams per thread (floor read), before "
           "the runs; paired floor/baton: the median over runs of the share against a floor read right after each "
           "run; per-step floor/baton: the median over one run's decode steps of the share against a read "
-          "right after each step; 1 GB sum floor/baton: against weight bytes / torch's sum over one 1 GB buffer (the floor reported "
-          "until 2026-11-30, which the 4-stream GEMV can beat); tok per-op ms: Baton's decode with the native "
+          "right after each step; 1 GB sum floor/baton: against weight bytes / torch's sum over one 1 GB buffer "
+          "(the floor reported until 2026-11-30, which the 4-stream GEMV can beat); tok per-op ms: Baton's decode with the native "
           "decode stack off (BATON_NATIVE_DECODE=0).")
 
 

@@ -167,8 +167,8 @@ def main():
           "the runs; paired floor/baton: the median over runs of the share against a floor read right after each "
           "run; per-step floor/baton: the median over one run's decode steps of the share against a read "
           "right after each step; 1 GB sum floor/baton: against weight bytes / torch's sum over one 1 GB buffer "
-          "(the floor reported until 2026-11-30, which the 4-stream GEMV can beat); tok per-op ms: Baton's decode with the native "
-          "decode stack off (BATON_NATIVE_DECODE=0).")
+          "(the floor reported until 2026-11-30, which the 4-stream GEMV can beat); tok per-op ms: Baton's "
+          "decode with the native decode stack off (BATON_NATIVE_DECODE=0).")
 
 
 if __name__ == "__main__":

@@ -31,14 +31,6 @@ PRODUCTS = {"qkv": ("self_attn", "qkv_proj"), "o": ("self_attn", "o_proj"),
             "gate_up": ("mlp", "gate_up_proj"), "down": ("mlp", "down_proj")}
 
 
-def text_decoder(llm: LLM):
-    """The model's text decoder (the module that owns the native stack)."""
-    for m in llm.model.modules():
-        if hasattr(m, "native_decode"):
-            return m
-    raise RuntimeError("no text decoder with a native decode stack in this model")
-
-
 def product_weights(decoder) -> dict[str, list[torch.Tensor]]:
     return {op: [getattr(getattr(layer, a), b).weight.detach() for layer in decoder.layers]
             for op, (a, b) in PRODUCTS.items()}
@@ -86,7 +78,7 @@ def main() -> None:
           f"prompt filler words {args.prompt_words}")
     print(native_paths_line())
     llm = LLM(str(path), dtype=args.dtype, device="cpu")
-    decoder = text_decoder(llm)
+    decoder = llm.model.language_model  # the text decoder, which owns the native stack
     weights = product_weights(decoder)
     # warm-up: kernel routes measured, the stack built over the KV cache
     llm.generate(["warm-up"] * args.batch, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))

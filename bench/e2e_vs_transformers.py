@@ -36,6 +36,11 @@ def native_paths_line() -> str:
             f"linear routing: {cpu_routing.mode()} (BATON_CPU_KERNELS), cache {cpu_routing.cache_path()}")
 
 
+def upper_median(xs: list[float]) -> float:
+    """The middle value (the upper of the two middle ones for an even count): always a measured run."""
+    return sorted(xs)[len(xs) // 2]
+
+
 def bench_baton(path, dtype, prompt, new_tokens, repeats):
     llm = LLM(str(path), device="cpu", dtype=dtype, attention_backend="torch", enable_prefix_caching=False)
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
@@ -58,9 +63,9 @@ def bench_baton(path, dtype, prompt, new_tokens, repeats):
         finally:
             os.environ.pop(native_decode.ENV)
         eager_tok.append(out.metrics.decode_time / (len(out.token_ids) - 1))
-    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     step_share = interleaved_share(llm, prompt, weights, floor_read, new_tokens)
-    return med(ttfts), med(per_tok), med(eager_tok), (floor, floor_read, med(shares), step_share), llm
+    return (upper_median(ttfts), upper_median(per_tok), upper_median(eager_tok),
+            (floor, floor_read, upper_median(shares), step_share), llm)
 
 
 def interleaved_share(llm, prompt, weights, read: str, new_tokens: int) -> float:
@@ -82,7 +87,7 @@ def interleaved_share(llm, prompt, weights, read: str, new_tokens: int) -> float
         for t in contiguous:
             reader(t)
         shares.append((time.perf_counter() - t0) / step.seconds)
-    return sorted(shares)[len(shares) // 2]
+    return upper_median(shares)
 
 
 def bench_transformers(path, dtype, inputs, new_tokens, repeats):

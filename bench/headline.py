@@ -209,6 +209,12 @@ def router_summary(rows) -> list[str]:
             f"(fixed-path times weighted by its route counts; the rest of the line above is run-to-run noise)"]
 
 
+def rotated(order: list, i: int) -> list:
+    """Repeat i's run order: `order` rotated by i, so each path runs in every position."""
+    k = i % len(order)
+    return order[k:] + order[:k]
+
+
 def route_counts(results) -> str:
     choices = [x.route.choice for x in results if x.route is not None]
     return f"{choices.count('transfer')}T/{choices.count('large-reason')}L" if choices else "-"
@@ -226,7 +232,7 @@ def measure_paired(bench: Bench, b: int, lengths, rates, m):
                        "router": dict(router="latency", cost_model=bench.cost)}
                 order, best, times = list(kws), {}, {key: [] for key in kws}
                 for i in range(bench.args.repeats):
-                    for key in order[i % 3:] + order[:i % 3]:
+                    for key in rotated(order, i):
                         team = bench.team(ls, ll, agreement=CountingAgreement(r), **kws[key])
                         t, res = bench.run(team, "auto", b, repeats=1)
                         times[key].append(t)

@@ -22,7 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import cpu_flags, median_ratio, print_table  # noqa: E402
-from bench.headline import Bench, CountingAgreement, Prefer, route_counts  # noqa: E402
+from bench.headline import Bench, CountingAgreement, Prefer, rotated, route_counts  # noqa: E402
 from baton import SamplingParams  # noqa: E402
 
 OUTSIDE_PROMPT = "<|im_start|>user\nWrite a long story.<|im_end|>\n<|im_start|>assistant\n"
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     routes = {k: [] for k in kws}
     order = list(kws)
     for i in range(args.repeats):
-        for key in order[i % 3:] + order[:i % 3]:
+        for key in rotated(order, i):
             a, ra = wave(bench, team(kws[key]), args.batch, args.load, loaded)
             b, rb = wave(bench, team(kws[key]), args.batch, 0, loaded)
             times[key]["A"].append(a)

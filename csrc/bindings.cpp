@@ -14,6 +14,7 @@
 #include "paged_decode_cpu.h"
 #include "rms_norm_cpu.h"
 #include "scoring.h"
+#include "amx_linear.h"
 #include "skinny_linear.h"
 #include "stream_read.h"
 
@@ -117,6 +118,16 @@ at::Tensor select_tokens(const at::Tensor& scores, int64_t budget,
   return baton::select_tokens_cpu(s, budget, seg, expand_segments);
 }
 
+// The bias, checked, as float32 (added before the product's one rounding).
+std::optional<at::Tensor> skinny_bias(const at::Tensor& x, const at::Tensor& w,
+                                      const std::optional<at::Tensor>& bias) {
+  if (!bias.has_value()) return std::nullopt;
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == w.size(0) &&
+                        bias->scalar_type() == x.scalar_type() && bias->is_cpu(),
+                    "skinny_linear: bias must be [", w.size(0), "] of x's dtype on the CPU");
+  return bias->to(at::kFloat).contiguous();
+}
+
 at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w,
                          const std::optional<at::Tensor>& bias) {
   TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
@@ -130,14 +141,19 @@ at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w,
                     "got ", x.scalar_type(), " and ", w.scalar_type());
   TORCH_CHECK_VALUE(x.is_cpu() && w.is_cpu(), "skinny_linear: CPU tensors only");
   TORCH_CHECK_VALUE(w.is_contiguous(), "skinny_linear: w must be contiguous");
-  std::optional<at::Tensor> b;
-  if (bias.has_value()) {
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == w.size(0) &&
-                          bias->scalar_type() == x.scalar_type() && bias->is_cpu(),
-                      "skinny_linear: bias must be [", w.size(0), "] of x's dtype on the CPU");
-    b = bias->to(at::kFloat).contiguous();  // added in float32 before the one rounding
-  }
-  return baton::skinny_linear_cpu(x.contiguous(), w, b);
+  return baton::skinny_linear_cpu(x.contiguous(), w, skinny_bias(x, w, bias));
+}
+
+at::Tensor skinny_linear_amx_emulated(const at::Tensor& x, const at::Tensor& w,
+                                      const std::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
+                    "skinny_linear_amx_emulated: need x [M, K] and w [N, K], got ", x.sizes(), " and ",
+                    w.sizes());
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 && x.is_cpu() &&
+                        w.is_cpu(),
+                    "skinny_linear_amx_emulated: need bfloat16 CPU tensors, got ", x.scalar_type(), " and ",
+                    w.scalar_type());
+  return baton::amx_linear_bf16_emulated(x.contiguous(), w.contiguous(), skinny_bias(x, w, bias));
 }
 
 at::Tensor paged_decode_attention(const at::Tensor& q, const at::Tensor& k_cache,
@@ -258,6 +274,8 @@ std::string cpu_isa() { return baton::cpu::isa_name(baton::cpu::active_isa()); }
 
 std::string cpu_isa_detected() { return baton::cpu::isa_name(baton::cpu::detected_isa()); }
 
+std::string cpu_isa_default() { return baton::cpu::isa_name(baton::cpu::default_isa()); }
+
 void set_cpu_isa(const std::string& name) { baton::cpu::set_active_isa(baton::cpu::parse_isa(name)); }
 
 std::map<std::string, bool> cpu_features() {
@@ -304,6 +322,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "x [M, K] @ w[N, K]^T (+ bias) on the CPU, y in x's dtype: x float32 with w float32 "
         "or bfloat16, or both bfloat16",
         py::arg("x"), py::arg("w"), py::arg("bias") = py::none());
+  m.def("skinny_linear_amx_emulated", &skinny_linear_amx_emulated,
+        "skinny_linear's AMX kernel on emulated tiles (any CPU; slow; for tests)", py::arg("x"),
+        py::arg("w"), py::arg("bias") = py::none());
   m.def("skinny_linear_supported", &baton::skinny_linear_supported,
         "whether skinny_linear runs here (always; see cpu_isa)");
   m.def("paged_decode_attention", &paged_decode_attention,
@@ -341,6 +362,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("streams"), py::call_guard<py::gil_scoped_release>());
   m.def("cpu_isa", &cpu_isa, "the instruction-set path the CPU kernels run now");
   m.def("cpu_isa_detected", &cpu_isa_detected, "the best instruction-set path this CPU runs");
+  m.def("cpu_isa_default", &cpu_isa_default,
+        "the path a process starts on (the detected one, but amx is opt-in)");
   m.def("cpu_isa_levels", &baton::cpu::runnable_isas, "every path this CPU runs, lowest first");
   m.def("set_cpu_isa", &set_cpu_isa,
         "run the CPU kernels on this path (generic, avx2, avx512, avx512bf16); ValueError when "

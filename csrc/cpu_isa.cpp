@@ -3,10 +3,13 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <atomic>
 
 #if defined(__x86_64__)
 #include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 namespace baton::cpu {
@@ -21,18 +24,31 @@ bool avx512() {
 }
 bool avx512_bf16() { return __builtin_cpu_supports("avx512bf16"); }
 
-// AMX is reported, not used: no AMX path is built (it also needs the Linux permission call
-// ARCH_REQ_XCOMP_PERM before the first tile instruction).
 bool cpuid7_edx(int bit) {
   unsigned a, b, c, d;
   if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
   return (d >> bit) & 1u;
+}
+
+// AMX-TILE (bit 24) and AMX-BF16 (22), the tile state enabled in XCR0 (bits 17-18), and
+// Linux's per-process permission for it (ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, Linux
+// 5.16+): without it the first tile instruction faults. Asked once, at detection.
+bool amx() {
+  if (!cpuid7_edx(24) || !cpuid7_edx(22)) return false;
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1u)) return false;  // OSXSAVE
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  if (((lo >> 17) & 3u) != 3u) return false;
+  constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
 }
 #endif
 
 Isa detect() {
 #if defined(__x86_64__)
   __builtin_cpu_init();
+  if (avx2() && avx512() && avx512_bf16() && amx()) return Isa::kAmx;
   if (avx2() && avx512() && avx512_bf16()) return Isa::kAvx512Bf16;
   if (avx2() && avx512()) return Isa::kAvx512;
   if (avx2()) return Isa::kAvx2;
@@ -41,11 +57,12 @@ Isa detect() {
 }
 
 std::atomic<int>& active() {
-  static std::atomic<int> level{static_cast<int>(detected_isa())};
+  static std::atomic<int> level{static_cast<int>(default_isa())};
   return level;
 }
 
-constexpr const char* kNames[] = {"generic", "avx2", "avx512", "avx512bf16"};
+constexpr const char* kNames[] = {"generic", "avx2", "avx512", "avx512bf16", "amx"};
+constexpr int kLevels = sizeof(kNames) / sizeof(kNames[0]);
 
 }  // namespace
 
@@ -53,6 +70,8 @@ Isa detected_isa() {
   static const Isa isa = detect();
   return isa;
 }
+
+Isa default_isa() { return std::min(detected_isa(), Isa::kAvx512Bf16); }
 
 Isa active_isa() { return static_cast<Isa>(active().load(std::memory_order_relaxed)); }
 
@@ -66,10 +85,10 @@ void set_active_isa(Isa isa) {
 const char* isa_name(Isa isa) { return kNames[static_cast<int>(isa)]; }
 
 Isa parse_isa(const std::string& name) {
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < kLevels; ++i)
     if (name == kNames[i]) return static_cast<Isa>(i);
   TORCH_CHECK_VALUE(false, "unknown CPU kernel path '", name,
-                    "'; valid: generic, avx2, avx512, avx512bf16");
+                    "'; valid: generic, avx2, avx512, avx512bf16, amx");
 }
 
 std::vector<std::string> runnable_isas() {

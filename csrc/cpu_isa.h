@@ -14,11 +14,16 @@ namespace baton::cpu {
 //   avx2        AVX2 + FMA, 8 floats per register
 //   avx512      AVX-512 F/BW/VL/DQ, 16 floats per register
 //   avx512bf16  avx512 + AVX512_BF16: bf16 x bf16 products with vdpbf16ps
-enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+//   amx         avx512bf16 + AMX-TILE/AMX-BF16 (and the OS's permission to use the tiles):
+//               batched bf16 products on tiles (amx_linear.cpp)
+enum class Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3, kAmx = 4 };
 
 // The best level this CPU (and OS) runs.
 Isa detected_isa();
-// The level the kernels use now (detected_isa() until set_active_isa).
+// The level a process starts on: detected_isa(), except that amx is opt-in (set_active_isa,
+// BATON_CPU_ISA=amx) until an AMX CPU has measured it; such a CPU starts on avx512bf16.
+Isa default_isa();
+// The level the kernels use now (default_isa() until set_active_isa).
 Isa active_isa();
 // Sets the active level; throws c10::ValueError when the CPU lacks it.
 void set_active_isa(Isa isa);

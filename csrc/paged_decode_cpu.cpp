@@ -13,7 +13,7 @@
 // within one block (a few pages, prefetched) the stride costs nothing.
 //
 // One body (paged_decode_body.inc) per instruction-set path (cpu_isa.h): generic, AVX2,
-// AVX-512 (the avx512bf16 level runs the AVX-512 one: the scores are memory-bound).
+// AVX-512 (the avx512bf16 and amx levels run the AVX-512 one: the scores are memory-bound).
 #include "paged_decode_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -127,7 +127,7 @@ bool paged_decode_cpu_supported() { return true; }
 
 const char* paged_decode_cpu_path() {
   const Isa isa = cpu::active_isa();
-  return cpu::isa_name(isa == Isa::kAvx512Bf16 ? Isa::kAvx512 : isa);
+  return cpu::isa_name(isa >= Isa::kAvx512Bf16 ? Isa::kAvx512 : isa);
 }
 
 at::Tensor paged_decode_cpu(const at::Tensor& q, const at::Tensor& k_cache,

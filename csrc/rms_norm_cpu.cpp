@@ -62,7 +62,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_cpu(const at::Tensor& x, const at::T
 
 const char* rms_norm_cpu_path() {
   const Isa isa = cpu::active_isa();
-  return cpu::isa_name(isa == Isa::kAvx512Bf16 ? Isa::kAvx512 : isa);
+  return cpu::isa_name(isa >= Isa::kAvx512Bf16 ? Isa::kAvx512 : isa);
 }
 
 }  // namespace baton

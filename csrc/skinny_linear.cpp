@@ -17,12 +17,14 @@
 // One body (skinny_body.inc, panel_gemm.inc) per instruction-set path (cpu_isa.h), included by
 // isa_bodies.inc: generic, AVX2 (8 floats per FMA), AVX-512 (16). At the avx512bf16 level
 // bfloat16 x bfloat16 products use vdpbf16ps instead (32 products per instruction, no
-// widening), accumulated in float32.
+// widening), accumulated in float32; at the amx level, kAmxMinRows..kAmxMaxRows input rows
+// run on AMX tiles (amx_linear.cpp) for every whole block of 16 weight rows.
 #include "skinny_linear.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
+#include "amx_linear.h"
 #include "cpu_isa.h"
 #include "cpu_simd.h"
 #include "row_chunks.h"
@@ -189,7 +191,7 @@ bool skinny_linear_supported() { return true; }
 
 const char* skinny_linear_path(bool bf16) {
   const Isa isa = cpu::active_isa();
-  if (!bf16 && isa == Isa::kAvx512Bf16) return cpu::isa_name(Isa::kAvx512);
+  if (!bf16 && isa >= Isa::kAvx512Bf16) return cpu::isa_name(Isa::kAvx512);
   return cpu::isa_name(isa);
 }
 
@@ -200,13 +202,16 @@ at::Tensor skinny_linear_cpu(const at::Tensor& x, const at::Tensor& w,
   const float* bp = bias ? bias->data_ptr<float>() : nullptr;
   const Isa isa = cpu::active_isa();
 #if defined(__x86_64__)
-  if (isa == Isa::kAvx512Bf16 && x.scalar_type() == at::kBFloat16) {
+  if (isa >= Isa::kAvx512Bf16 && x.scalar_type() == at::kBFloat16) {
     using BF = c10::BFloat16;
     const BF* xp = x.data_ptr<BF>();
     const BF* wp = w.data_ptr<BF>();
     BF* yp = y.data_ptr<BF>();
-    for_row_chunks(N, chunk_rows(K, sizeof(BF)), [&](int64_t n0, int64_t n1) {
-      avx512bf16::rows(xp, M, wp, K, bp, yp, N, n0, n1);
+    // On AMX, batched rows go to the tiles for whole blocks of 16 weight rows; the rest here.
+    const bool tiles = isa == Isa::kAmx && M >= kAmxMinRows && M <= kAmxMaxRows && K >= 32;
+    const int64_t done = tiles ? amx_linear_bf16(xp, M, wp, K, bp, yp, N) : 0;
+    for_row_chunks(N - done, chunk_rows(K, sizeof(BF)), [&](int64_t n0, int64_t n1) {
+      avx512bf16::rows(xp, M, wp, K, bp, yp, N, done + n0, done + n1);
     });
     return y;
   }

@@ -10,7 +10,8 @@ namespace baton {
 bool skinny_linear_supported();
 
 // The path skinny_linear_cpu takes now for weights of this dtype (cpu::active_isa, except
-// that float32 weights run avx512 at the avx512bf16 level).
+// that float32 weights run avx512 from the avx512bf16 level up, and that amx takes only
+// kAmxMinRows..kAmxMaxRows input rows, amx_linear.h).
 const char* skinny_linear_path(bool bf16);
 
 // x: contiguous [M, K], float32 (w float32 or bfloat16) or bfloat16 (w bfloat16);

@@ -36,6 +36,14 @@ def _import_cpu_isa():
         return cpu_isa, str(e)
 
 
+def _amx_path(cpu_isa) -> str:
+    if not cpu_isa.available():
+        return "not built"
+    if "amx" in cpu_isa.levels():
+        return "runnable here, opt-in (BATON_CPU_ISA=amx): not yet measured on an AMX CPU"
+    return "built, not runnable here (no AMX); its kernel is tested on emulated tiles"
+
+
 def collect() -> dict:
     """Everything `baton info` prints, as one dict."""
     cpu_isa, isa_error = _import_cpu_isa()
@@ -49,7 +57,8 @@ def collect() -> dict:
                   "native_built": cpu_isa.available(), "flags": cpu_isa.features(),
                   "isa_detected": cpu_isa.detected(), "isa_active": None if isa_error else cpu_isa.active(),
                   "isa_runnable": cpu_isa.levels(), "kernel_paths": {} if isa_error else cpu_isa.kernel_paths(),
-                  "isa_error": isa_error, "amx_path": "not built", "isa_env": os.environ.get(cpu_isa.ENV)}
+                  "isa_default": cpu_isa.default(), "isa_error": isa_error, "amx_path": _amx_path(cpu_isa),
+                  "isa_env": os.environ.get(cpu_isa.ENV)}
     from baton.models import huge_pages, native_decode
 
     info["decode_stack"] = native_decode.status()

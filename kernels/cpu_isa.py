@@ -2,12 +2,14 @@
 
 The native module picks the best path this CPU runs once per process, from CPUID:
 avx512bf16 (AVX-512 plus vdpbf16ps for bfloat16 products), avx512, avx2 (AVX2 + FMA) or
-generic (portable C++). No AMX path is built.
+generic (portable C++). Above them, amx runs batched bfloat16 products (4-64 rows) on AMX
+tiles; it is opt-in (BATON_CPU_ISA=amx) because no AMX CPU has measured it yet, so an AMX CPU
+starts on avx512bf16 (default()).
 
-BATON_CPU_ISA=generic|avx2|avx512|avx512bf16 runs a lower path instead, so every path the CPU
-has can be tested and compared on one machine. A path the CPU lacks (or "amx") is refused:
-importing the CPU kernel wrappers (and so building an LLM) raises InvalidRequestError naming
-the paths this CPU runs; nothing is clamped silently.
+BATON_CPU_ISA=generic|avx2|avx512|avx512bf16|amx runs that path instead, so every path the CPU
+has can be tested and compared on one machine. A path the CPU lacks is refused: importing the
+CPU kernel wrappers (and so building an LLM) raises InvalidRequestError naming the paths this
+CPU runs; nothing is clamped silently.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ except ImportError:  # no build: the torch paths still work
     _native = None
 
 ENV = "BATON_CPU_ISA"
-LEVELS = ("generic", "avx2", "avx512", "avx512bf16")
+LEVELS = ("generic", "avx2", "avx512", "avx512bf16", "amx")
 
 
 def available() -> bool:
@@ -46,6 +48,11 @@ def active() -> str | None:
 def detected() -> str | None:
     """The best path this CPU runs (None without a build)."""
     return _native.cpu_isa_detected() if _native else None
+
+
+def default() -> str | None:
+    """The path a process starts on: detected(), except avx512bf16 where that is amx (opt-in)."""
+    return _native.cpu_isa_default() if _native else None
 
 
 def levels() -> list[str]:
@@ -68,8 +75,6 @@ def set_level(name: str) -> None:
     lacks it. Process-wide: meant for start-up (BATON_CPU_ISA) and tests."""
     if _native is None:
         raise InvalidRequestError("the native CPU kernels are not built (pip install -e . --no-build-isolation)")
-    if name == "amx":
-        raise InvalidRequestError(f"no AMX path is built; this CPU runs: {', '.join(levels())}")
     if name not in LEVELS:
         raise InvalidRequestError(f"unknown CPU kernel path {name!r}; valid: {', '.join(LEVELS)}")
     global _active

@@ -171,15 +171,13 @@ def test_kernel_paths_follow_the_forced_level():
             paths = cpu_isa.kernel_paths()
             assert paths["skinny_linear_bfloat16"] == name
             assert paths["rms_norm"] == paths["paged_decode_attention"] == paths["skinny_linear_float32"] == (
-                "avx512" if name == "avx512bf16" else name)
-    assert cpu_isa.active() == cpu_isa.detected() or os.environ.get(cpu_isa.ENV)
+                "avx512" if name in ("avx512bf16", "amx") else name)
+    assert cpu_isa.active() == cpu_isa.default() or os.environ.get(cpu_isa.ENV)
 
 
 def test_a_path_the_cpu_lacks_is_refused():
     with pytest.raises(InvalidRequestError, match="unknown CPU kernel path"):
         cpu_isa.set_level("sse9")
-    with pytest.raises(InvalidRequestError, match="no AMX path"):
-        cpu_isa.set_level("amx")
     missing = [name for name in cpu_isa.LEVELS if name not in LEVELS]
     if not missing:
         pytest.skip("this CPU runs every path")
@@ -210,12 +208,14 @@ def test_baton_info_reports_flags_paths_and_versions(tmp_path):
     got = _run("from baton.engine.cli import main; main(['info', '--json'])", BATON_CACHE_DIR=str(tmp_path))
     assert got.returncode == 0, got.stderr
     info = json.loads(got.stdout)
-    assert info["isa_active"] == info["isa_detected"] == LEVELS[-1]
+    assert info["isa_detected"] == LEVELS[-1]
+    assert info["isa_active"] == info["isa_default"] == ("avx512bf16" if LEVELS[-1] == "amx" else LEVELS[-1])
     assert set(info["flags"]) >= {"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"}
-    assert info["kernel_paths"]["skinny_linear_bfloat16"] == LEVELS[-1]
+    assert info["kernel_paths"]["skinny_linear_bfloat16"] == info["isa_default"]
     assert info["torch"] == torch.__version__ and info["routing"]["cache"].startswith(str(tmp_path))
     text = _run("from baton.engine.cli import main; main(['info'])", BATON_CACHE_DIR=str(tmp_path))
-    assert "flags" in text.stdout and "oneDNN" in text.stdout and "AMX path: not built" in text.stdout
+    assert "flags" in text.stdout and "oneDNN" in text.stdout and "AMX path: " in text.stdout
+    assert ("runnable here, opt-in" if "amx" in LEVELS else "not runnable here") in text.stdout
 
 
 def test_llm_stats_show_the_cpu_paths(tiny_llm_factory):

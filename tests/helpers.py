@@ -48,3 +48,18 @@ def assert_pool_clean(llm) -> None:
     """Idle engine: every KV block free, nothing running or waiting."""
     s = llm.stats()
     assert s["kv_blocks_free"] == s["kv_blocks_total"] and s["running"] == 0 and s["waiting"] == 0
+
+
+def same_at_1_and_2_threads(fn, *args):
+    """fn(*args) with 1 and with 2 torch threads, which must agree bit for bit (which thread
+    computes an output must not change it); returns the result."""
+    old = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(fn(*args))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[0], outs[1])
+    return outs[1]

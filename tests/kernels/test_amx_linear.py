@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from baton.kernels import cpu_isa
+from tests.helpers import same_at_1_and_2_threads
 
 pytestmark = pytest.mark.skipif(not cpu_isa.available(), reason="baton.kernels._native not built")
 
@@ -49,16 +50,7 @@ def test_emulated_tiles_same_with_one_and_two_threads(rows):
     from baton.kernels import _native
 
     x, w, b = _case(rows, 300, 200, seed=rows)
-    old = torch.get_num_threads()
-    try:
-        outs = []
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            outs.append(_native.skinny_linear_amx_emulated(x, w, b))
-    finally:
-        torch.set_num_threads(old)
-    assert torch.equal(outs[0], outs[1])
-    _check(outs[1], x, w, b)
+    _check(same_at_1_and_2_threads(_native.skinny_linear_amx_emulated, x, w, b), x, w, b)
 
 
 def test_emulated_tiles_are_not_a_copy_of_the_avx_path():

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from baton.errors import InvalidRequestError
 from baton.kernels import cpu_isa, paged_decode_cpu, paged_decode_ref, rms_norm_ref
 from baton.kernels.testing import make_decode_case, naive_decode_attention
+from tests.helpers import same_at_1_and_2_threads
 
 pytestmark = pytest.mark.skipif(not cpu_isa.available(), reason="baton.kernels._native not built")
 LEVELS = cpu_isa.levels()  # lowest first; generic everywhere, avx2 here, more on AVX-512 CPUs
@@ -70,16 +71,7 @@ def _same_at_1_and_2_threads(x, w, b):
     """The native product with 1 and with 2 threads, which must agree bit for bit."""
     from baton.kernels import _native
 
-    old = torch.get_num_threads()
-    try:
-        outs = []
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            outs.append(_native.skinny_linear(x, w, b))
-    finally:
-        torch.set_num_threads(old)
-    assert torch.equal(outs[0], outs[1])
-    return outs[1]
+    return same_at_1_and_2_threads(_native.skinny_linear, x, w, b)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 5])

@@ -36,7 +36,7 @@ def check(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, what: str) -> float
     want = (x.double() @ w.double().T).bfloat16().double()
     err = ((y.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
     if err > 2e-2:
-        raise SystemExit(f"{what}: error {err:.3g} of the output's scale (want < 2e-2)")
+        raise ValueError(f"{what}: error {err:.3g} of the output's scale (want < 2e-2)")
     return err
 
 
@@ -101,7 +101,10 @@ def main():
         sys.exit("baton.kernels._native is not built (pip install -e . --no-build-isolation)")
     print(f"CPU flags: {cpu_flags()}; detected path: {cpu_isa.detected()}; default: {cpu_isa.default()}; "
           f"threads: {torch.get_num_threads()}")
-    result = time_rows(args) if "amx" in cpu_isa.levels() else emulated_only(args)
+    try:
+        result = time_rows(args) if "amx" in cpu_isa.levels() else emulated_only(args)
+    except ValueError as e:
+        sys.exit(str(e))
     result.update(flags=cpu_flags(), threads=torch.get_num_threads())
     if args.json:
         with open(args.json, "w") as f:

@@ -14,7 +14,7 @@ set -u
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-ALL_PHASES="env build correctness kernels e2e multi_agent cost_model"
+ALL_PHASES="env build correctness kernels e2e multi_agent cost_model cpu_amx"
 OUT="" DRY=0 BUDGET=540 PHASES="$ALL_PHASES" WORK=""
 
 usage() { awk 'NR > 1 && /^#/ {sub(/^# ?/, ""); print; next} NR > 1 {exit}' "$0"; }
@@ -63,7 +63,7 @@ command -v timeout >/dev/null || HAVE_TIMEOUT=0
 START=$(date +%s)
 
 # per-phase limits (seconds) on a GPU; a dry run gives each phase at most 60
-declare -A LIMIT=([env]=60 [build]=240 [correctness]=180 [kernels]=120 [e2e]=180 [multi_agent]=150 [cost_model]=120)
+declare -A LIMIT=([env]=60 [build]=240 [correctness]=180 [kernels]=120 [e2e]=180 [multi_agent]=150 [cost_model]=120 [cpu_amx]=120)
 
 render() {
   "$PY" "$HERE/report.py" --work "$WORK" --out "$OUT" --mode "$MODE" --phases "$PHASES" --started "$START" \

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU = ROOT / "bench" / "gpu"
-PHASES = ["env", "build", "correctness", "kernels", "e2e", "multi_agent", "cost_model"]
+PHASES = ["env", "build", "correctness", "kernels", "e2e", "multi_agent", "cost_model", "cpu_amx"]
 
 
 @pytest.mark.slow

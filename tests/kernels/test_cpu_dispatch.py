@@ -77,11 +77,11 @@ def _same_at_1_and_2_threads(x, w, b):
 @pytest.mark.parametrize("rows", [1, 2, 5])
 @pytest.mark.parametrize("kind", ["float32", "bfloat16"])
 def test_skinny_linear_row_chunks(level, rows, kind):
-    """Products big enough that threads claim many chunks of weight rows (about 256 KB each:
-    64 float32 or 128 bfloat16 rows at K = 1000), each read as 4 runs of rows side by side;
-    N = 1030 leaves a last chunk of 6 rows (one 4-row block and 2 single rows), and one thread
-    reads all 1030 rows as 4 runs of 257 and 2 single rows. Against float64, and bit for bit
-    the same with 1 and 2 threads: which thread computes a row must not change it."""
+    """Products big enough that two threads claim several chunks of weight rows (132 rows
+    each at N = 1030: at least 4 chunks a thread, csrc/row_chunks.h), each read as 4 runs of
+    rows side by side; the last chunk has 106 rows (4 runs of 26 and 2 single rows), and one
+    thread reads all 1030 rows as 4 runs of 257 and 2 single rows. Against float64, and bit
+    for bit the same with 1 and 2 threads: which thread computes a row must not change it."""
     g = torch.Generator().manual_seed(rows)
     dt = getattr(torch, kind)
     x, w, b = (torch.randn(rows, 1000, generator=g).to(dt), torch.randn(1030, 1000, generator=g).to(dt),

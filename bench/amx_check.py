@@ -40,7 +40,7 @@ def check(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, what: str) -> float
     return err
 
 
-def emulated_only(args) -> dict:
+def emulated_only() -> dict:
     from baton.kernels import _native
 
     n, k = SHAPES["o"]
@@ -102,7 +102,7 @@ def main():
     print(f"CPU flags: {cpu_flags()}; detected path: {cpu_isa.detected()}; default: {cpu_isa.default()}; "
           f"threads: {torch.get_num_threads()}")
     try:
-        result = time_rows(args) if "amx" in cpu_isa.levels() else emulated_only(args)
+        result = time_rows(args) if "amx" in cpu_isa.levels() else emulated_only()
     except ValueError as e:
         sys.exit(str(e))
     result.update(flags=cpu_flags(), threads=torch.get_num_threads())

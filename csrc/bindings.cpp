@@ -7,6 +7,7 @@
 // direct callers memory-safe.
 #include <torch/extension.h>
 
+#include "amx_linear.h"
 #include "cpu_elementwise.h"
 #include "cpu_isa.h"
 #include "decode_checks.h"
@@ -14,7 +15,6 @@
 #include "paged_decode_cpu.h"
 #include "rms_norm_cpu.h"
 #include "scoring.h"
-#include "amx_linear.h"
 #include "skinny_linear.h"
 #include "stream_read.h"
 
@@ -118,6 +118,12 @@ at::Tensor select_tokens(const at::Tensor& scores, int64_t budget,
   return baton::select_tokens_cpu(s, budget, seg, expand_segments);
 }
 
+// x [M, K] and w [N, K] for the skinny products (`op` names the caller in the error).
+void check_skinny_shapes(const at::Tensor& x, const at::Tensor& w, const char* op) {
+  TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1), op, ": need x [M, K] and w [N, K], got ",
+                    x.sizes(), " and ", w.sizes());
+}
+
 // The bias, checked, as float32 (added before the product's one rounding).
 std::optional<at::Tensor> skinny_bias(const at::Tensor& x, const at::Tensor& w,
                                       const std::optional<at::Tensor>& bias) {
@@ -130,9 +136,7 @@ std::optional<at::Tensor> skinny_bias(const at::Tensor& x, const at::Tensor& w,
 
 at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w,
                          const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
-                    "skinny_linear: need x [M, K] and w [N, K], got ", x.sizes(), " and ",
-                    w.sizes());
+  check_skinny_shapes(x, w, "skinny_linear");
   const bool f32 = x.scalar_type() == at::kFloat &&
                    (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16);
   const bool bf16 = x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16;
@@ -146,9 +150,7 @@ at::Tensor skinny_linear(const at::Tensor& x, const at::Tensor& w,
 
 at::Tensor skinny_linear_amx_emulated(const at::Tensor& x, const at::Tensor& w,
                                       const std::optional<at::Tensor>& bias) {
-  TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(1),
-                    "skinny_linear_amx_emulated: need x [M, K] and w [N, K], got ", x.sizes(), " and ",
-                    w.sizes());
+  check_skinny_shapes(x, w, "skinny_linear_amx_emulated");
   TORCH_CHECK_VALUE(x.scalar_type() == at::kBFloat16 && w.scalar_type() == at::kBFloat16 && x.is_cpu() &&
                         w.is_cpu(),
                     "skinny_linear_amx_emulated: need bfloat16 CPU tensors, got ", x.scalar_type(), " and ",
@@ -366,7 +368,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "the path a process starts on (the detected one, but amx is opt-in)");
   m.def("cpu_isa_levels", &baton::cpu::runnable_isas, "every path this CPU runs, lowest first");
   m.def("set_cpu_isa", &set_cpu_isa,
-        "run the CPU kernels on this path (generic, avx2, avx512, avx512bf16); ValueError when "
+        "run the CPU kernels on this path (generic, avx2, avx512, avx512bf16, amx); ValueError when "
         "the CPU lacks it", py::arg("name"));
   m.def("cpu_features", &cpu_features, "CPU features relevant to the kernel paths");
   m.def("cpu_kernel_paths", &cpu_kernel_paths, "the path each CPU kernel takes now");

@@ -67,13 +67,6 @@ def test_skinny_linear_every_path(level, threads, rows, n, k, kind):
             torch.testing.assert_close(y, F.linear(x, w.float(), bias), rtol=1e-5, atol=1e-5 * k ** 0.5)
 
 
-def _same_at_1_and_2_threads(x, w, b):
-    """The native product with 1 and with 2 threads, which must agree bit for bit."""
-    from baton.kernels import _native
-
-    return same_at_1_and_2_threads(_native.skinny_linear, x, w, b)
-
-
 @pytest.mark.parametrize("rows", [1, 2, 5])
 @pytest.mark.parametrize("kind", ["float32", "bfloat16"])
 def test_skinny_linear_row_chunks(level, rows, kind):
@@ -82,11 +75,13 @@ def test_skinny_linear_row_chunks(level, rows, kind):
     rows side by side; the last chunk has 106 rows (4 runs of 26 and 2 single rows), and one
     thread reads all 1030 rows as 4 runs of 257 and 2 single rows. Against float64, and bit
     for bit the same with 1 and 2 threads: which thread computes a row must not change it."""
+    from baton.kernels import _native
+
     g = torch.Generator().manual_seed(rows)
     dt = getattr(torch, kind)
     x, w, b = (torch.randn(rows, 1000, generator=g).to(dt), torch.randn(1030, 1000, generator=g).to(dt),
                torch.randn(1030, generator=g).to(dt))
-    y = _same_at_1_and_2_threads(x, w, b)
+    y = same_at_1_and_2_threads(_native.skinny_linear, x, w, b)
     want = _product64(x, w, b)
     tol = dict(rtol=8e-3, atol=5e-2) if kind == "bfloat16" else dict(rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(y.double(), want.to(dt).double() if kind == "bfloat16" else want, **tol)
@@ -101,13 +96,15 @@ def test_skinny_linear_panels(level, rows, k, kind):
     of bfloat16 weight rows is 24 rows below 64 input rows (widened into about 192 KB) and 48
     from 64 on (csrc/skinny_linear.cpp, panel_chunk_rows). Against float64 and torch, and bit
     for bit the same with 1 and 2 threads."""
+    from baton.kernels import _native
+
     g = torch.Generator().manual_seed(rows * 13 + len(kind) + k)
     x, w, b = torch.randn(rows, k, generator=g), torch.randn(101, k, generator=g), torch.randn(101, generator=g)
     if kind != "float32":
         w = w.bfloat16()
     if kind == "bfloat16":
         x, b = x.bfloat16(), b.bfloat16()
-    y, want = _same_at_1_and_2_threads(x, w, b), _product64(x, w, b)
+    y, want = same_at_1_and_2_threads(_native.skinny_linear, x, w, b), _product64(x, w, b)
     if kind == "bfloat16":
         torch.testing.assert_close(y.double(), want.bfloat16().double(), rtol=8e-3, atol=5e-2)
         torch.testing.assert_close(y, F.linear(x, w, b), rtol=1.6e-2, atol=5e-2)
